@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:
+#   ./run.sh            set up (venv, databases, demo catalogue) and run the three services
+#   ./run.sh test [ARGS] set up and run the whole test suite (ARGS go to pytest)
+#   ./run.sh migrate    bring the three databases to the newest schema
+#   ./run.sh seed       add the demo catalogue if the catalogue is empty
+#   ./run.sh dlq list|replay SERVICE   inspect or replay a service's dead letters
+#   ./run.sh shell      nameko shell against the running services
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+CONFIG="${CONFIG:-$ROOT/config.yaml}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+export AMQP_URI="${AMQP_URI:-amqp://guest:guest@localhost:5672/}"
+SERVICES=(inventory orders notifications)
+
+say() { printf '%s\n' "$*" >&2; }
+
+setup_venv() {
+    local stamp="$VENV/.requirements"
+    if [[ -f "$stamp" ]] && cmp -s requirements.txt "$stamp"; then
+        return
+    fi
+    say "==> installing requirements into $VENV"
+    [[ -x "$PY" ]] || python3 -m venv "$VENV"
+    "$PY" -m pip install --quiet --disable-pip-version-check 'pip>=23' 'setuptools<81'
+    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    cp requirements.txt "$stamp"
+}
+
+broker_reachable() {
+    "$PY" - <<'PYEOF'
+import os, socket, sys
+from kombu.utils.url import url_to_parts
+parts = url_to_parts(os.environ["AMQP_URI"])
+try:
+    socket.create_connection((parts.hostname or "localhost", parts.port or 5672), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PYEOF
+}
+
+ensure_broker() {
+    broker_reachable && return
+    if command -v rabbitmq-server >/dev/null 2>&1; then
+        say "==> RabbitMQ is not answering at AMQP_URI=$AMQP_URI; starting the local rabbitmq-server"
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+        for _ in $(seq 1 60); do broker_reachable && return; sleep 1; done
+    fi
+    say "RabbitMQ is not reachable at AMQP_URI=$AMQP_URI."
+    if command -v docker >/dev/null 2>&1; then
+        say "Start one with: docker compose -f docker-compose.rabbit.yml up -d"
+    else
+        say "Install and start RabbitMQ, or set AMQP_URI to a running broker."
+    fi
+    exit 1
+}
+
+ensure_management() {
+    # nameko's pytest fixtures create a vhost per test through the management API
+    if ! (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; then
+        if command -v rabbitmq-plugins >/dev/null 2>&1; then
+            say "==> enabling the RabbitMQ management plugin"
+            rabbitmq-plugins enable rabbitmq_management >/dev/null
+            for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return; sleep 1; done
+        fi
+        say "The RabbitMQ management API (port 15672) is needed by the tests."
+        exit 1
+    fi
+}
+
+migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
+
+run_services() {
+    local pids=()
+    stop_all() {
+        trap - INT TERM
+        say "==> stopping services"
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
+        exit 0
+    }
+    trap stop_all INT TERM
+    for service in "${SERVICES[@]}"; do
+        local var
+        var="$(tr '[:lower:]' '[:upper:]' <<<"$service")_INSTANCES"
+        for i in $(seq 1 "${!var:-1}"); do
+            local class
+            class="$(tr '[:lower:]' '[:upper:]' <<<"${service:0:1}")${service:1}Service"
+            "$VENV/bin/nameko" run --config "$CONFIG" "services.$service.service:$class" \
+                > >(sed -u "s/^/[$service.$i] /") 2>&1 &
+            pids+=($!)
+        done
+    done
+    "$PY" -m scripts.wait_ready --config "$CONFIG" --timeout 60
+    "$PY" -m scripts.seed --config "$CONFIG"
+    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000} (Ctrl-C stops everything)"
+    wait "${pids[@]}"
+}
+
+cmd="${1:-run}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+    run)
+        setup_venv; ensure_broker; migrate; run_services ;;
+    test)
+        setup_venv; ensure_broker; ensure_management
+        exec "$PY" -m pytest "$@" ;;
+    migrate)
+        setup_venv; migrate ;;
+    seed)
+        setup_venv; ensure_broker; "$PY" -m scripts.seed --config "$CONFIG" ;;
+    dlq)
+        setup_venv; ensure_broker; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
+    shell)
+        setup_venv; ensure_broker; exec "$VENV/bin/nameko" shell --config "$CONFIG" ;;
+    *)
+        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell]"; exit 2 ;;
+esac

@@ -1,0 +1,139 @@
+"""Event consumers that are safe under at-least-once delivery.
+
+``event_handler`` acks a message only after its handler returned. When the
+handler raises, the message is scheduled for another attempt after an
+exponential backoff with jitter (through a per-queue retry queue whose
+messages expire back into the original queue); a message that fails
+``MAX_DELIVERY_ATTEMPTS`` times, or is malformed, goes to the service's
+dead-letter queue with the reason, to be listed and replayed later. If even
+that publish fails, the message is requeued: it is never dropped.
+
+``first_delivery`` is the other half: each handler records the ids of the
+events it handled in the same transaction as their effect, so a redelivered
+event changes nothing twice.
+"""
+import logging
+import random
+from datetime import datetime, timezone
+
+from kombu import Queue
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.events import EventHandler
+from sqlalchemy import Column, DateTime, String, select
+
+from .events import MalformedMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-delivery-attempt"
+
+
+def dead_letter_queue_name(service_name):
+    return "{}.dead-letters".format(service_name)
+
+
+def retry_queue(queue_name):
+    """Messages wait here until their TTL sends them back to ``queue_name``."""
+    return Queue(
+        "{}.retry".format(queue_name),
+        durable=True,
+        queue_arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue_name,
+        },
+    )
+
+
+def backoff_seconds(attempt, base, cap):
+    """Full-jitter exponential backoff for the given (1-based) failed attempt."""
+    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+
+
+class ReliableEventHandler(EventHandler):
+    def setup(self):
+        super().setup()
+        config = self.container.config
+        self.max_attempts = int(config.get("MAX_DELIVERY_ATTEMPTS", 5))
+        self.backoff_base = float(config.get("RETRY_BACKOFF_BASE", 0.5))
+        self.backoff_max = float(config.get("RETRY_BACKOFF_MAX", 30))
+        self.dead_letters = Queue(dead_letter_queue_name(self.container.service_name), durable=True)
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY])
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        if exc_info is not None:
+            try:
+                self._retry_or_dead_letter(message, exc_info[1])
+            except Exception:
+                log.exception("could not reschedule a failed message of %s; requeueing it", self.queue.name)
+                self.queue_consumer.requeue_message(message)
+                return
+        self.queue_consumer.ack_message(message)
+
+    def _retry_or_dead_letter(self, message, exc):
+        headers = dict(message.headers or {})
+        attempt = int(headers.get(ATTEMPT_HEADER, 1))
+        permanent = isinstance(exc, MalformedMessage)
+        if not permanent and attempt < self.max_attempts:
+            delay = backoff_seconds(attempt, self.backoff_base, self.backoff_max)
+            headers[ATTEMPT_HEADER] = attempt + 1
+            log.warning("%s failed attempt %d/%d (%s: %s); retrying in %.2fs",
+                        self.queue.name, attempt, self.max_attempts, type(exc).__name__, exc, delay)
+            target = retry_queue(self.queue.name)
+            self._republish(message, target, headers, expiration=delay)
+            return
+        headers.update({
+            "x-original-queue": self.queue.name,
+            "x-original-exchange": message.delivery_info.get("exchange", ""),
+            "x-original-routing-key": message.delivery_info.get("routing_key", ""),
+            "x-error-type": type(exc).__name__,
+            "x-error-message": str(exc)[:1000],
+            "x-attempts": attempt,
+            "x-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
+        })
+        log.error("%s: message dead-lettered after %d attempt(s): %s: %s",
+                  self.queue.name, attempt, type(exc).__name__, exc)
+        self._republish(message, self.dead_letters, headers)
+
+    def _republish(self, message, queue, headers, expiration=None):
+        self.publisher.publish(
+            message.body,
+            exchange="",
+            routing_key=queue.name,
+            declare=[queue],
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            expiration=expiration,
+            message_id=message.properties.get("message_id"),
+        )
+
+
+event_handler = ReliableEventHandler.decorator
+
+
+class ProcessedEventMixin:
+    """The inbox: which events each handler has already applied."""
+
+    __tablename__ = "processed_events"
+
+    event_id = Column(String(36), primary_key=True)
+    consumer = Column(String(100), primary_key=True)
+    processed_at = Column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+def first_delivery(session, model, event, consumer):
+    """Record ``event`` as handled by ``consumer``; False if it already was.
+
+    Call it inside the transaction that applies the event's effect. Two
+    deliveries racing each other both get True, but only one can commit: the
+    other fails on the primary key and is retried, and then gets False.
+    """
+    seen = session.execute(
+        select(model.event_id).where(model.event_id == event.id, model.consumer == consumer)
+    ).first()
+    if seen:
+        log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+        return False
+    session.add(model(event_id=event.id, consumer=consumer))
+    return True

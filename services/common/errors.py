@@ -1,0 +1,66 @@
+"""Errors that cross service boundaries.
+
+Each is registered with nameko so that an RPC caller gets the same exception
+type back (not a generic ``RemoteError``), and each knows the HTTP status and
+stable error code it maps to at the front door.
+"""
+from nameko.exceptions import deserialize_to_instance
+
+
+class ServiceError(Exception):
+    """Base class: ``code`` is stable for clients, ``status`` is for HTTP."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message, details=None):
+        super().__init__(message, details)
+        self.message = message
+        self.details = details or {}
+
+    def __str__(self):
+        return self.message
+
+    def to_dict(self):
+        body = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+@deserialize_to_instance
+class InvalidInput(ServiceError):
+    """The caller sent something that can never succeed as sent."""
+
+    status = 400
+    code = "invalid_input"
+
+
+@deserialize_to_instance
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+@deserialize_to_instance
+class Conflict(ServiceError):
+    """The request is valid but clashes with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+@deserialize_to_instance
+class ServiceUnavailable(ServiceError):
+    """A service this request needs did not answer in time."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+def validation_error(exc, message="The request is not valid."):
+    """Turn a marshmallow ValidationError into InvalidInput naming each field."""
+    details = exc.messages
+    if not isinstance(details, dict):
+        details = {"_schema": details}
+    return InvalidInput(message, details=details)

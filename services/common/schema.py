@@ -1,0 +1,13 @@
+"""Marshmallow pieces every service's schemas use."""
+from datetime import timezone
+
+from marshmallow import fields
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 with an explicit offset; naive values (SQLite) are UTC."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value, attr, obj, **kwargs)

@@ -1,0 +1,241 @@
+"""The inventory service: products, stock and reservations.
+
+RPC answers questions that need an answer now (a product, its stock); the
+work that changes stock for orders happens in event handlers, so an order
+never waits for inventory to be up.
+"""
+import logging
+
+from marshmallow import ValidationError
+from nameko.dependency_providers import Config
+from nameko.rpc import rpc
+from nameko_tracer import Tracer
+from sqlalchemy import select, update
+
+from services.common.consumers import event_handler, first_delivery
+from services.common.correlation import CorrelationId
+from services.common.db import ServiceDatabase
+from services.common.deadletters import DeadLetterRpc
+from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
+from services.common.events import parse_event, utcnow
+from services.common.outbox import Outbox
+
+from . import domain
+from .models import InventoryBase, OutboxMessage, ProcessedEvent, Product, Reservation
+from .schemas import (
+    NewProductSchema, OrderCancelledSchema, OrderCreatedSchema, ProductChangedSchema,
+    ProductChangesSchema, ProductSchema, QuantitySchema,
+)
+
+log = logging.getLogger(__name__)
+
+product_schema = ProductSchema()
+product_changed_schema = ProductChangedSchema()
+
+
+def _load(schema, data):
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class InventoryService(DeadLetterRpc):
+    name = "inventory"
+
+    config = Config()
+    db = ServiceDatabase(InventoryBase)
+    outbox = Outbox(InventoryBase, OutboxMessage)
+    correlation_id = CorrelationId()
+    tracer = Tracer()
+
+    # catalogue --------------------------------------------------------------
+
+    @rpc(expected_exceptions=(InvalidInput, Conflict))
+    def create_product(self, sku, name, price, stock=0):
+        data = _load(NewProductSchema(), {"sku": sku, "name": name, "price": price, "stock": stock})
+        with self.db.get_session() as session:
+            if session.get(Product, data["sku"]) is not None:
+                raise Conflict("Product {} already exists.".format(data["sku"]),
+                               details={"sku": ["Already exists."]})
+            product = Product(sku=data["sku"], name=data["name"], price=data["price"],
+                              on_hand=data["stock"], reserved=0, active=True, version=1)
+            session.add(product)
+            self._product_changed(session, product)
+        return product_schema.dump(product)
+
+    @rpc(expected_exceptions=(InvalidInput, NotFound))
+    def update_product(self, sku, **changes):
+        """Change name, price or active; orders learns of it by event."""
+        data = _load(ProductChangesSchema(), changes)
+        with self.db.get_session() as session:
+            product = self._product(session, sku, for_update=True)
+            if any(getattr(product, key) != value for key, value in data.items()):
+                for key, value in data.items():
+                    setattr(product, key, value)
+                product.version += 1
+                self._product_changed(session, product)
+        return product_schema.dump(product)
+
+    @rpc(expected_exceptions=NotFound)
+    def get_product(self, sku):
+        with self.db.get_session() as session:
+            return product_schema.dump(self._product(session, sku))
+
+    @rpc
+    def list_products(self):
+        with self.db.get_session() as session:
+            products = session.scalars(select(Product).order_by(Product.sku)).all()
+            return product_schema.dump(products, many=True)
+
+    @rpc(expected_exceptions=(InvalidInput, NotFound))
+    def restock(self, sku, quantity):
+        quantity = _load(QuantitySchema(), {"quantity": quantity})["quantity"]
+        with self.db.get_session() as session:
+            self._product(session, sku)
+            session.execute(
+                update(Product).where(Product.sku == sku)
+                .values(on_hand=Product.on_hand + quantity, updated_at=utcnow())
+            )
+            session.flush()
+            session.expire_all()
+            return product_schema.dump(self._product(session, sku))
+
+    @rpc(expected_exceptions=NotFound)
+    def get_stock(self, sku):
+        with self.db.get_session() as session:
+            product = self._product(session, sku)
+            return {"sku": product.sku, "on_hand": product.on_hand,
+                    "reserved": product.reserved, "available": product.available}
+
+    @rpc
+    def publish_catalogue(self):
+        """Re-announce every product, for a consumer that lost its copy."""
+        with self.db.get_session() as session:
+            products = session.scalars(select(Product).order_by(Product.sku)).all()
+            for product in products:
+                self._product_changed(session, product)
+            return len(products)
+
+    @rpc
+    def get_reservation(self, order_id):
+        with self.db.get_session() as session:
+            reservation = session.get(Reservation, order_id)
+            if reservation is None:
+                return None
+            return {"order_id": reservation.order_id, "status": reservation.status,
+                    "lines": reservation.lines, "reasons": reservation.reasons}
+
+    @rpc
+    def ping(self):
+        return "pong"
+
+    # order events -------------------------------------------------------------
+
+    @event_handler("orders", "order_created")
+    def reserve_stock(self, body):
+        event = parse_event(body, OrderCreatedSchema())
+        order_id = event.data["order_id"]
+        requested = domain.quantities_by_sku(event.data["lines"])
+        with self.db.get_session() as session:
+            if not first_delivery(session, ProcessedEvent, event, "reserve_stock"):
+                return
+            if session.get(Reservation, order_id) is not None:
+                log.info("order %s already has a reservation decision; nothing to do", order_id)
+                return
+            failed_sku = self._reserve_all_or_nothing(session, requested)
+            if failed_sku is None:
+                session.add(Reservation(order_id=order_id, status=Reservation.RESERVED, lines=requested))
+                self.outbox.add(session, "stock_reserved", {"order_id": order_id, "lines": _as_lines(requested)})
+                log.info("order %s: stock reserved", order_id)
+                return
+            reasons = self._explain_shortfall(session, requested, failed_sku)
+            session.add(Reservation(order_id=order_id, status=Reservation.REJECTED,
+                                    lines=requested, reasons=reasons))
+            self.outbox.add(session, "stock_rejected", {"order_id": order_id, "reasons": reasons})
+            log.info("order %s: stock rejected: %s", order_id, reasons)
+
+    @event_handler("orders", "order_cancelled")
+    def release_stock(self, body):
+        event = parse_event(body, OrderCancelledSchema())
+        order_id = event.data["order_id"]
+        with self.db.get_session() as session:
+            if not first_delivery(session, ProcessedEvent, event, "release_stock"):
+                return
+            reservation = session.get(Reservation, order_id)
+            if reservation is None:
+                # Cancelled before its order_created arrived: remember, so the
+                # late order_created reserves nothing.
+                session.add(Reservation(order_id=order_id, lines={},
+                                        status=Reservation.CANCELLED_BEFORE_RESERVATION))
+                return
+            if reservation.status != Reservation.RESERVED:
+                return
+            for sku, quantity in sorted(reservation.lines.items()):
+                product = self._product(session, sku, for_update=True)
+                product.reserved = domain.released(product.reserved, quantity)
+            reservation.status = Reservation.RELEASED
+            self.outbox.add(session, "stock_released",
+                            {"order_id": order_id, "lines": _as_lines(reservation.lines)})
+            log.info("order %s: reservation released", order_id)
+
+    # helpers ---------------------------------------------------------------------
+
+    def _product(self, session, sku, for_update=False):
+        query = select(Product).where(Product.sku == sku)
+        if for_update:
+            query = query.with_for_update()
+        product = session.scalars(query).first()
+        if product is None:
+            raise NotFound("No product with sku {}.".format(sku), details={"sku": [sku]})
+        return product
+
+    def _product_changed(self, session, product):
+        session.flush()
+        self.outbox.add(session, "product_changed", product_changed_schema.dump(product))
+
+    @staticmethod
+    def _reserve_all_or_nothing(session, requested):
+        """Reserve every line or none; return the first sku that did not fit.
+
+        Each line is one conditional UPDATE, atomic in the database whatever
+        the number of inventory processes; rows are touched in sku order so
+        two orders cannot deadlock. If a line does not fit, the lines already
+        reserved in this transaction are given back before it commits.
+        """
+        done = []
+        for sku, quantity in requested.items():
+            result = session.execute(
+                update(Product)
+                .where(Product.sku == sku, Product.active.is_(True),
+                       Product.on_hand - Product.reserved >= quantity)
+                .values(reserved=Product.reserved + quantity, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                for done_sku, done_quantity in done:
+                    session.execute(
+                        update(Product).where(Product.sku == done_sku)
+                        .values(reserved=Product.reserved - done_quantity)
+                        .execution_options(synchronize_session=False)
+                    )
+                return sku
+            done.append((sku, quantity))
+        return None
+
+    @staticmethod
+    def _explain_shortfall(session, requested, failed_sku):
+        rows = session.execute(
+            select(Product.sku, Product.on_hand - Product.reserved, Product.active)
+            .where(Product.sku.in_(list(requested)))
+        ).all()
+        available = {sku: (avail if active else None) for sku, avail, active in rows}
+        found = domain.shortfalls(requested, available)
+        if not found:  # stock came back between the update and this read
+            found = [domain.Shortfall(failed_sku, domain.INSUFFICIENT_STOCK,
+                                      requested[failed_sku], available.get(failed_sku) or 0)]
+        return [shortfall.to_dict() for shortfall in found]
+
+
+def _as_lines(quantities):
+    return [{"sku": sku, "quantity": quantity} for sku, quantity in sorted(quantities.items())]

@@ -1,0 +1,4 @@
+from services.common.migrate import run_migrations
+from services.orders.models import OrdersBase
+
+run_migrations(OrdersBase.metadata)

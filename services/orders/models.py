@@ -1,0 +1,69 @@
+from sqlalchemy import JSON, Boolean, Column, DateTime, ForeignKey, Integer, String, Index
+from sqlalchemy.orm import declarative_base, relationship
+
+from services.common.consumers import ProcessedEventMixin
+from services.common.events import utcnow
+from services.common.outbox import OutboxMixin
+
+OrdersBase = declarative_base(name="OrdersBase")
+
+
+class Order(OrdersBase):
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_created", "created_at", "id"),)
+
+    id = Column(String(36), primary_key=True)
+    customer_email = Column(String(254), nullable=False, index=True)
+    status = Column(String(20), nullable=False, index=True)
+    total = Column(Integer, nullable=False)  # integer cents
+    reasons = Column(JSON, nullable=True)  # why it was rejected
+    correlation_id = Column(String(64), nullable=True, index=True)
+    created_at = Column(DateTime(timezone=True), nullable=False, default=utcnow)
+    updated_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow)
+
+    lines = relationship("OrderLine", order_by="OrderLine.position", lazy="selectin",
+                         cascade="all, delete-orphan")
+    history = relationship("StatusChange", order_by="StatusChange.id", lazy="selectin",
+                           cascade="all, delete-orphan")
+
+
+class OrderLine(OrdersBase):
+    __tablename__ = "order_lines"
+
+    order_id = Column(String(36), ForeignKey("orders.id"), primary_key=True)
+    position = Column(Integer, primary_key=True)
+    sku = Column(String(64), nullable=False)
+    name = Column(String(200), nullable=False)
+    quantity = Column(Integer, nullable=False)
+    unit_price = Column(Integer, nullable=False)  # price at placement, cents
+
+
+class StatusChange(OrdersBase):
+    __tablename__ = "order_status_changes"
+
+    id = Column(Integer, primary_key=True, autoincrement=True)
+    order_id = Column(String(36), ForeignKey("orders.id"), nullable=False, index=True)
+    from_status = Column(String(20), nullable=True)
+    to_status = Column(String(20), nullable=False)
+    reason = Column(String(200), nullable=True)
+    at = Column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class CatalogueItem(OrdersBase):
+    """Orders' own copy of what it needs from inventory's catalogue."""
+
+    __tablename__ = "catalogue"
+
+    sku = Column(String(64), primary_key=True)
+    name = Column(String(200), nullable=False)
+    price = Column(Integer, nullable=False)
+    active = Column(Boolean, nullable=False, default=True)
+    version = Column(Integer, nullable=False)
+
+
+class OutboxMessage(OutboxMixin, OrdersBase):
+    pass
+
+
+class ProcessedEvent(ProcessedEventMixin, OrdersBase):
+    pass

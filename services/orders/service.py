@@ -1,0 +1,212 @@
+"""The orders service: the order lifecycle, over RPC, HTTP and events.
+
+Placing an order is one local transaction: the order, its lines at today's
+prices (from orders' own copy of the catalogue) and an ``order_created``
+event in the outbox. Inventory answers by event; the order becomes confirmed
+or rejected when that answer arrives, whenever that is.
+"""
+import logging
+import uuid
+
+from marshmallow import ValidationError
+from nameko.dependency_providers import Config
+from nameko.rpc import rpc
+from nameko_tracer import Tracer
+from sqlalchemy import select
+
+from services.common.consumers import event_handler, first_delivery
+from services.common.correlation import CorrelationId
+from services.common.db import ServiceDatabase
+from services.common.deadletters import DeadLetterRpc
+from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
+from services.common.events import parse_event
+from services.common.outbox import Outbox
+from services.common.rpc import TimedRpcProxy
+
+from . import domain
+from .api import HttpApi
+from .models import CatalogueItem, Order, OrderLine, OrdersBase, OutboxMessage, ProcessedEvent, StatusChange
+from .schemas import (
+    ListOrdersSchema, OrderSchema, ProductChangedSchema, StockRejectedSchema, StockReservedSchema,
+    place_order_schema,
+)
+
+log = logging.getLogger(__name__)
+
+order_schema = OrderSchema()
+order_event_schema = OrderSchema(exclude=("history",))
+
+
+class OrdersService(HttpApi, DeadLetterRpc):
+    name = "orders"
+
+    config = Config()
+    db = ServiceDatabase(OrdersBase)
+    outbox = Outbox(OrdersBase, OutboxMessage)
+    inventory = TimedRpcProxy("inventory")
+    correlation_id = CorrelationId()
+    tracer = Tracer()
+
+    # RPC ----------------------------------------------------------------------
+
+    @rpc(expected_exceptions=InvalidInput)
+    def create_order(self, customer_email, lines):
+        return self.place_order({"customer_email": customer_email, "lines": lines})
+
+    @rpc(expected_exceptions=NotFound)
+    def get_order(self, order_id):
+        return self.read_order(order_id)
+
+    @rpc(expected_exceptions=InvalidInput)
+    def list_orders(self, status=None, customer_email=None, limit=50):
+        query = {key: value for key, value in
+                 (("status", status), ("customer_email", customer_email), ("limit", limit))
+                 if value is not None}
+        return self.find_orders(self.load(ListOrdersSchema(), query))
+
+    @rpc(expected_exceptions=(NotFound, Conflict))
+    def cancel_order(self, order_id, reason="cancelled by request"):
+        return self.change_status(order_id, domain.CANCELLED, reason)
+
+    @rpc
+    def sync_catalogue(self):
+        """Refresh the local catalogue copy from inventory (RPC, with timeout)."""
+        products = self.inventory.list_products()
+        with self.db.get_session() as session:
+            for product in products:
+                self._apply_product(session, product)
+        return len(products)
+
+    @rpc
+    def ping(self):
+        return "pong"
+
+    # the order lifecycle (shared by RPC and HTTP) -------------------------------
+
+    @staticmethod
+    def load(schema, data):
+        try:
+            return schema.load(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+
+    def place_order(self, body):
+        data = self.load(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
+                                            int(self.config.get("MAX_ORDER_LINES", 100))), body)
+        with self.db.get_session() as session:
+            skus = [line["sku"] for line in data["lines"]]
+            catalogue = {
+                item.sku: (item.name, item.price)
+                for item in session.scalars(
+                    select(CatalogueItem).where(CatalogueItem.sku.in_(skus), CatalogueItem.active.is_(True)))
+            }
+            try:
+                priced, total = domain.price_lines(data["lines"], catalogue)
+            except domain.UnknownProducts as exc:
+                raise InvalidInput(str(exc), details={"lines": ["Unknown sku: {}".format(sku)
+                                                                 for sku in exc.skus]}) from None
+            order = Order(id=str(uuid.uuid4()), customer_email=data["customer_email"],
+                          status=domain.PENDING, total=total, correlation_id=self.correlation_id)
+            order.lines = [OrderLine(position=index, sku=line["sku"], name=line["name"],
+                                     quantity=line["quantity"], unit_price=line["unit_price"])
+                           for index, line in enumerate(priced)]
+            order.history = [StatusChange(from_status=None, to_status=domain.PENDING, reason="placed")]
+            session.add(order)
+            self.outbox.add(session, "order_created", {
+                "order_id": order.id, "customer_email": order.customer_email, "total": total,
+                "lines": [{"sku": line["sku"], "quantity": line["quantity"],
+                           "unit_price": line["unit_price"]} for line in priced],
+            })
+            session.flush()
+            result = order_schema.dump(order)
+        log.info("order %s placed (%d lines, total %d)", order.id, len(priced), total)
+        return result
+
+    def read_order(self, order_id):
+        with self.db.get_session() as session:
+            return order_schema.dump(self._order(session, order_id))
+
+    def find_orders(self, query):
+        with self.db.get_session() as session:
+            statement = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(query["limit"])
+            if "status" in query:
+                statement = statement.where(Order.status == query["status"])
+            if "customer_email" in query:
+                statement = statement.where(Order.customer_email == query["customer_email"])
+            return order_schema.dump(session.scalars(statement).all(), many=True)
+
+    def change_status(self, order_id, status, reason):
+        """Move an order to ``status`` and announce it, in one transaction."""
+        with self.db.get_session() as session:
+            order = self._order(session, order_id, for_update=True)
+            try:
+                domain.transition(order.status, status)
+            except domain.IllegalTransition as exc:
+                raise Conflict(str(exc), details={"status": [order.status]}) from None
+            self._move(session, order, status, reason)
+            return order_schema.dump(order)
+
+    def _move(self, session, order, status, reason, reasons=None):
+        order.history.append(StatusChange(from_status=order.status, to_status=status, reason=reason))
+        order.status = status
+        if reasons is not None:
+            order.reasons = reasons
+        session.flush()
+        self.outbox.add(session, "order_" + status, order_event_schema.dump(order))
+        log.info("order %s is now %s (%s)", order.id, status, reason)
+
+    def _order(self, session, order_id, for_update=False):
+        statement = select(Order).where(Order.id == str(order_id))
+        if for_update:
+            statement = statement.with_for_update()
+        order = session.scalars(statement).first()
+        if order is None:
+            raise NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
+        return order
+
+    # inventory's answers ------------------------------------------------------
+
+    @event_handler("inventory", "stock_reserved")
+    def confirm_order(self, body):
+        event = parse_event(body, StockReservedSchema())
+        self._settle(event, "confirm_order", domain.CONFIRMED, "stock reserved")
+
+    @event_handler("inventory", "stock_rejected")
+    def reject_order(self, body):
+        event = parse_event(body, StockRejectedSchema())
+        self._settle(event, "reject_order", domain.REJECTED, "stock not available",
+                     reasons=event.data["reasons"])
+
+    def _settle(self, event, consumer, status, reason, reasons=None):
+        with self.db.get_session() as session:
+            if not first_delivery(session, ProcessedEvent, event, consumer):
+                return
+            order = session.scalars(
+                select(Order).where(Order.id == event.data["order_id"]).with_for_update()).first()
+            if order is None:
+                log.error("%s for unknown order %s; ignored", event.type, event.data["order_id"])
+                return
+            if not domain.can_become(order.status, status):
+                # e.g. cancelled while inventory was deciding: inventory
+                # releases on order_cancelled, so nothing to undo here.
+                log.info("order %s is %s; %s ignored", order.id, order.status, event.type)
+                return
+            self._move(session, order, status, reason, reasons)
+
+    @event_handler("inventory", "product_changed")
+    def update_catalogue(self, body):
+        event = parse_event(body, ProductChangedSchema())
+        with self.db.get_session() as session:
+            if first_delivery(session, ProcessedEvent, event, "update_catalogue"):
+                self._apply_product(session, event.data)
+
+    @staticmethod
+    def _apply_product(session, product):
+        item = session.get(CatalogueItem, product["sku"])
+        version = product.get("version", 0)
+        if item is None:
+            session.add(CatalogueItem(sku=product["sku"], name=product["name"], price=product["price"],
+                                      active=product.get("active", True), version=version))
+        elif version > item.version:
+            item.name, item.price = product["name"], product["price"]
+            item.active, item.version = product.get("active", True), version
