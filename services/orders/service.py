@@ -78,6 +78,14 @@ class OrdersService(HttpApi, DeadLetterRpc):
         return len(products)
 
     @rpc
+    def list_catalogue(self):
+        """What orders currently believes can be ordered, and at what price."""
+        with self.db.get_session() as session:
+            items = session.scalars(select(CatalogueItem).order_by(CatalogueItem.sku)).all()
+            return [{"sku": item.sku, "name": item.name, "price": item.price,
+                     "active": item.active, "version": item.version} for item in items]
+
+    @rpc
     def ping(self):
         return "pong"
 

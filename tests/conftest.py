@@ -1,0 +1,85 @@
+"""Fixtures shared by the whole suite.
+
+eventlet must patch the standard library before anything else imports it
+(nameko's own ``nameko test`` does the same), or the first container test
+hangs.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+import psycopg2  # noqa: E402
+import pytest  # noqa: E402
+
+from services.common.migrate import SERVICES, upgrade  # noqa: E402
+from services.common.settings import load_config  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URI_TEMPLATE = os.environ.get("TEST_PG_URI", "postgresql://postgres@127.0.0.1:5432/{}")
+
+# Delays shortened so retries, relays and backoffs happen within a test.
+FAST_SETTINGS = {
+    "RPC_TIMEOUT": 3,
+    "MAX_DELIVERY_ATTEMPTS": 3,
+    "RETRY_BACKOFF_BASE": 0.05,
+    "RETRY_BACKOFF_MAX": 0.2,
+    "OUTBOX_RELAY_INTERVAL": 0.2,
+    "OUTBOX_GRACE": 0.5,
+}
+
+
+def _pg_admin(sql):
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def make_database(tmp_path):
+    """Factory: a fresh, migrated database for a service; dropped afterwards."""
+    created = []
+
+    def make(service, backend="sqlite"):
+        if backend == "sqlite":
+            uri = "sqlite:///{}".format(tmp_path / "{}.sqlite3".format(service))
+        else:
+            name = "test_{}_{}".format(service, uuid.uuid4().hex[:10])
+            _pg_admin("CREATE DATABASE {}".format(name))
+            created.append(name)
+            uri = PG_URI_TEMPLATE.format(name)
+        upgrade(service, uri)
+        return uri
+
+    yield make
+    for name in created:
+        _pg_admin("DROP DATABASE IF EXISTS {} WITH (FORCE)".format(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    """Run the test once per supported database."""
+    return request.param
+
+
+@pytest.fixture
+def service_config(rabbit_config, make_database, backend):
+    """config.yaml as the services see it, on a private vhost and databases."""
+    config = load_config(os.path.join(ROOT, "config.yaml"))
+    config.pop("LOGGING", None)
+    config.update(FAST_SETTINGS)
+    config["AMQP_URI"] = rabbit_config["AMQP_URI"]
+    config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+    config["DB_URIS"] = {
+        "{}:{}".format(service, base): make_database(service, backend)
+        for service, base in SERVICES.items()
+    }
+    return config

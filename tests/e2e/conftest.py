@@ -1,0 +1,26 @@
+import pytest
+
+from tests.system import System
+
+
+@pytest.fixture
+def backend():
+    """End-to-end tests run on SQLite unless a test asks for PostgreSQL."""
+    return "sqlite"
+
+
+@pytest.fixture
+def system(service_config, tmp_path, request):
+    running = System(service_config, str(tmp_path))
+    yield running
+    running.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(running.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)

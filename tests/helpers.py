@@ -1,0 +1,25 @@
+"""Small helpers for tests that wait on an asynchronous system."""
+import socket
+import time
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(check, timeout=15.0, interval=0.1, message="condition"):
+    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError("timed out after {}s waiting for {}; last: {!r}".format(timeout, message, last))
