@@ -1,0 +1,82 @@
+import pytest
+from nameko.testing.services import worker_factory
+
+from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.events import new_event
+from services.orders.service import OrdersService
+
+
+@pytest.fixture
+def orders(database, outbox):
+    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
+                             config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3})
+    service.correlation_id = "req-1"
+    service.update_catalogue(new_event("inventory", "product_changed", {
+        "sku": "A", "name": "Apple", "price": 150, "active": True, "version": 1}))
+    return service
+
+
+def test_an_order_is_stored_pending_with_prices_and_announced(orders, outbox):
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 2}])
+    assert order["status"] == "pending"
+    assert order["total"] == 300
+    assert order["correlation_id"] == "req-1"
+    assert outbox.events == [("order_created", {
+        "order_id": order["id"], "customer_email": "ann@example.com", "total": 300,
+        "lines": [{"sku": "A", "quantity": 2, "unit_price": 150}]})]
+    assert orders.get_order(order["id"])["lines"][0]["unit_price"] == 150
+
+
+@pytest.mark.parametrize("email,lines,field", [
+    ("not-an-email", [{"sku": "A", "quantity": 1}], "customer_email"),
+    ("a@example.com", [], "lines"),
+    ("a@example.com", [{"sku": "A", "quantity": 0}], "lines"),
+    ("a@example.com", [{"sku": "A", "quantity": 11}], "lines"),
+    ("a@example.com", [{"sku": "A", "quantity": "2"}], "lines"),
+    ("a@example.com", [{"sku": "A", "quantity": 1, "colour": "red"}], "lines"),
+    ("a@example.com", [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 1}], "lines"),
+    ("a@example.com", [{"sku": "NOPE", "quantity": 1}], "lines"),
+])
+def test_bad_orders_are_refused_naming_the_field_and_nothing_is_stored(orders, outbox, email, lines, field):
+    with pytest.raises(InvalidInput) as error:
+        orders.create_order(email, lines)
+    assert field in error.value.details
+    assert outbox.events == []
+    assert orders.list_orders() == []
+
+
+def test_inventory_answers_move_the_order_once(orders, outbox):
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 1}])
+    reserved = new_event("inventory", "stock_reserved", {"order_id": order["id"]})
+    orders.confirm_order(reserved)
+    orders.confirm_order(reserved)
+    assert orders.get_order(order["id"])["status"] == "confirmed"
+    assert outbox.types() == ["order_created", "order_confirmed"]
+
+
+def test_cancel_twice_is_a_conflict_not_a_second_release(orders, outbox):
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 1}])
+    orders.confirm_order(new_event("inventory", "stock_reserved", {"order_id": order["id"]}))
+    assert orders.cancel_order(order["id"])["status"] == "cancelled"
+    with pytest.raises(Conflict) as error:
+        orders.cancel_order(order["id"])
+    assert error.value.details == {"status": ["cancelled"]}
+    assert outbox.types().count("order_cancelled") == 1
+    with pytest.raises(NotFound):
+        orders.cancel_order("no-such-order")
+
+
+def test_a_late_answer_for_a_cancelled_order_changes_nothing(orders, outbox):
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 1}])
+    orders.cancel_order(order["id"])
+    orders.confirm_order(new_event("inventory", "stock_reserved", {"order_id": order["id"]}))
+    assert orders.get_order(order["id"])["status"] == "cancelled"
+    assert outbox.types() == ["order_created", "order_cancelled"]
+
+
+def test_older_catalogue_versions_never_overwrite_newer(orders):
+    orders.update_catalogue(new_event("inventory", "product_changed", {
+        "sku": "A", "name": "Apple", "price": 175, "active": True, "version": 3}))
+    orders.update_catalogue(new_event("inventory", "product_changed", {
+        "sku": "A", "name": "Apple", "price": 120, "active": True, "version": 2}))
+    assert orders.list_catalogue() == [{"sku": "A", "name": "Apple", "price": 175, "active": True, "version": 3}]
