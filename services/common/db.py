@@ -28,7 +28,20 @@ def engine_options(uri, max_workers=10):
     }
 
 
+def with_green_driver(uri):
+    """Plain ``postgresql://`` URIs use psycopg2, which eventlet makes cooperative.
+
+    SQLAlchemy 2.1 would pick psycopg 3, which blocks the whole process (and
+    with it AMQP heartbeats) during every query under eventlet.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if uri.startswith(prefix):
+            return "postgresql+psycopg2://" + uri[len(prefix):]
+    return uri
+
+
 def make_engine(uri, max_workers=10):
+    uri = with_green_driver(uri)
     engine = create_engine(uri, **engine_options(uri, max_workers))
     if uri.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -160,7 +160,8 @@ class OrdersService(HttpApi, DeadLetterRpc):
         if reasons is not None:
             order.reasons = reasons
         session.flush()
-        self.outbox.add(session, "order_" + status, order_event_schema.dump(order))
+        # every order event names its order as ``order_id``, like order_created
+        self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=order.id))
         log.info("order %s is now %s (%s)", order.id, status, reason)
 
     def _order(self, session, order_id, for_update=False):
