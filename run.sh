@@ -92,7 +92,7 @@ run_services() {
             local class
             class="$(tr '[:lower:]' '[:upper:]' <<<"${service:0:1}")${service:1}Service"
             "$VENV/bin/nameko" run --config "$CONFIG" "services.$service.service:$class" \
-                > >(sed -u "s/^/[$service.$i] /") 2>&1 &
+                > >(trap '' INT TERM; exec sed -u "s/^/[$service.$i] /") 2>&1 &
             pids+=($!)
         done
     done

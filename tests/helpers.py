@@ -16,7 +16,7 @@ def eventually(check, timeout=15.0, interval=0.1, message="condition"):
     while time.monotonic() < deadline:
         try:
             last = check()
-        except AssertionError as exc:
+        except Exception as exc:  # not up yet, not consistent yet: try again
             last = exc
         else:
             if last:
