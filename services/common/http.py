@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-ENVIRON_KEY = "orders.request_id"
+ENVIRON_KEY = "app.request_id"
 
 
 def json_response(status, body, headers=None):

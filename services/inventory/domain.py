@@ -53,12 +53,6 @@ def shortfalls(requested, available):
     return found
 
 
-def restocked(on_hand, quantity):
-    if quantity <= 0:
-        raise InventoryRuleBroken("restock quantity must be positive")
-    return on_hand + quantity
-
-
 def released(reserved, quantity):
     if quantity > reserved:
         raise InventoryRuleBroken(

@@ -21,12 +21,6 @@ def test_every_line_that_does_not_fit_is_explained():
     ]
 
 
-def test_restock_must_add_something():
-    assert domain.restocked(5, 3) == 8
-    with pytest.raises(domain.InventoryRuleBroken):
-        domain.restocked(5, 0)
-
-
 def test_release_cannot_free_more_than_is_reserved():
     assert domain.released(5, 5) == 0
     with pytest.raises(domain.InventoryRuleBroken):
