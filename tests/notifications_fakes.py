@@ -21,6 +21,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Delays short enough for a test: a few quick retries, a sender that looks often.
+FAST_DELIVERY = {
+    "NOTIFY_MAX_ATTEMPTS": 3,
+    "NOTIFY_BACKOFF_BASE": 0.05,
+    "NOTIFY_BACKOFF_MAX": 0.2,
+    "NOTIFY_POLL_INTERVAL": 0.5,
+    "NOTIFY_LEASE": 30,
+    "SMTP_TIMEOUT": 10,
+    "WEBHOOK_TIMEOUT": 2,
+}
+
+
+def smtp_settings(port):
+    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port, "SMTP_SECURITY": "none",
+            "MAIL_FROM": "Test Shop <shop@example.com>"}
+
+
+def order_data(email, status="confirmed", order_id=None, reasons=None):
+    """An order as the orders service puts it in its events."""
+    import uuid
+    return {
+        "id": order_id or str(uuid.uuid4()), "status": status, "customer_email": email, "total": 2750,
+        "lines": [{"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1000, "line_total": 2000},
+                  {"sku": "TEA-2", "name": "Green tea", "quantity": 1, "unit_price": 750, "line_total": 750}],
+        "reasons": reasons, "correlation_id": None,
+    }
+
 
 def _port_open(port):
     try:
