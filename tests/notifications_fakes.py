@@ -212,7 +212,8 @@ def _serve_smtp(args):
                 await asyncio.sleep(args.delay)
             record = {"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
                       "data": envelope.content.decode("utf-8", "replace"),
-                      "auth": session.authenticated, "tls": session.ssl is not None}
+                      "auth": session.authenticated,
+                      "tls": server.transport.get_extra_info("ssl_object") is not None}
             with open(args.out, "a") as out:
                 out.write(json.dumps(record) + "\n")
             return "250 2.0.0 Message accepted"
@@ -221,7 +222,7 @@ def _serve_smtp(args):
         expected = args.login.split(":", 1) if args.login else None
         ok = (isinstance(auth_data, LoginPassword) and expected is not None
               and auth_data.login.decode() == expected[0] and auth_data.password.decode() == expected[1])
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)
 
     kwargs = {}
     if args.cert:
