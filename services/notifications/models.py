@@ -46,8 +46,7 @@ class Notification(NotificationsBase):
     updated_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow)
     sent_at = Column(DateTime(timezone=True), nullable=True)
 
-    attempts = relationship("DeliveryAttempt", order_by="DeliveryAttempt.id", lazy="selectin",
-                            cascade="all, delete-orphan")
+    attempts = relationship("DeliveryAttempt", order_by="DeliveryAttempt.id", cascade="all, delete-orphan")
 
 
 class DeliveryAttempt(NotificationsBase):

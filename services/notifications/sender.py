@@ -23,7 +23,6 @@ from eventlet.event import Event
 from eventlet.queue import Empty, Full, LightQueue
 from nameko.extensions import DependencyProvider
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import sessionmaker
 
 from services.common import correlation
 from services.common.db import database_uri, make_engine
@@ -63,7 +62,6 @@ class Sender(DependencyProvider):
         self.lease = timedelta(seconds=float(config.get("NOTIFY_LEASE") or 300))
         uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
         self.engine = make_engine(uri, max_workers=self.concurrency)
-        self.Session = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._wakeup = LightQueue(maxsize=1)
         log.info("notification channels: %s", ", ".join(sorted(self.channels)))
 
@@ -124,112 +122,119 @@ class Sender(DependencyProvider):
         now = utcnow()
         free = self._pool.free()
         if free > 0:
-            for notification_id in self._claim(now, free):
-                self._pool.spawn_n(self._deliver_safely, notification_id)
+            for row in self._claim(now, free):
+                self._pool.spawn_n(self._deliver_safely, row)
         if self._pool.free() == 0:
             return self.poll_interval  # a finishing delivery wakes the loop
-        with self.Session() as session:
-            due = _aware(session.scalar(
-                select(func.min(Notification.next_attempt_at)).where(Notification.status.in_(PENDING))))
+        with self.engine.connect() as connection:
+            due = _aware(connection.execute(
+                select(func.min(Notification.next_attempt_at)).where(Notification.status.in_(PENDING))).scalar())
         if due is None:
             return self.poll_interval
         return min(self.poll_interval, max(MIN_WAIT, (due - utcnow()).total_seconds()))
 
     def _claim(self, now, limit):
-        """Take up to ``limit`` due notifications for this process."""
-        claimed = []
-        with self.Session.begin() as session:
-            candidates = session.execute(
-                select(Notification.id, Notification.status)
-                .where(Notification.status.in_(PENDING), Notification.next_attempt_at <= now)
-                .order_by(Notification.next_attempt_at, Notification.id)
-                .limit(limit)
+        """Take up to ``limit`` due notifications for this process; return what sending them needs.
+
+        One conditional UPDATE ... RETURNING claims and reads the rows at
+        once; a row another process claimed in the meantime no longer
+        matches its WHERE clause and is simply not returned.
+        """
+        table = Notification.__table__
+        due = (table.c.status.in_(PENDING), table.c.next_attempt_at <= now)
+        with self.engine.begin() as connection:
+            candidates = dict(connection.execute(
+                select(table.c.id, table.c.status).where(*due)
+                .order_by(table.c.next_attempt_at, table.c.id).limit(limit)
+            ).all())
+            if not candidates:
+                return []
+            rows = connection.execute(
+                update(table)
+                .where(table.c.id.in_(list(candidates)), *due)
+                .values(status=domain.SENDING, next_attempt_at=now + self.lease, updated_at=now)
+                .returning(table.c.id, table.c.event_id, table.c.event_type, table.c.order_id,
+                           table.c.channel, table.c.address, table.c.subject, table.c.body, table.c.html_body,
+                           table.c.attempt_count, table.c.round_attempts, table.c.correlation_id)
             ).all()
-            for notification_id, status in candidates:
-                result = session.execute(
-                    update(Notification)
-                    .where(Notification.id == notification_id, Notification.status.in_(PENDING),
-                           Notification.next_attempt_at <= now)
-                    .values(status=domain.SENDING, next_attempt_at=now + self.lease, updated_at=now)
-                    .execution_options(synchronize_session=False))
-                if result.rowcount == 1:
-                    claimed.append(notification_id)
-                    if status == domain.SENDING:
-                        log.warning("notification %s: previous claim lapsed; sending again", notification_id)
-        return claimed
+        for row in rows:
+            if candidates[row.id] == domain.SENDING:
+                log.warning("notification %s: previous claim lapsed; sending again", row.id)
+        return rows
 
     # one delivery -----------------------------------------------------------------
 
-    def _deliver_safely(self, notification_id):
+    def _deliver_safely(self, row):
         try:
-            self.deliver(notification_id)
+            self.deliver(row)
         except Exception:
             log.exception("notification %s: delivery could not be recorded; it goes again "
-                          "when its claim lapses", notification_id)
+                          "when its claim lapses", row.id)
         finally:
             correlation._current.value = None
             self.wake()
 
-    def deliver(self, notification_id):
-        with self.Session() as session:
-            row = session.get(Notification, notification_id)
-            if row is None or row.status != domain.SENDING:
-                return
-            channel_name = row.channel
-            outgoing = Outgoing(
-                id=row.id, key="{}:{}".format(row.event_id, row.channel), event_type=row.event_type,
-                order_id=row.order_id, address=row.address, subject=row.subject, body=row.body,
-                html=row.html_body)
-            correlation._current.value = row.correlation_id
-        channel = self.channels.get(channel_name)
+    def deliver(self, row):
+        """Send one claimed notification (a row from ``_claim``) and record the attempt."""
+        correlation._current.value = row.correlation_id
+        outgoing = Outgoing(
+            id=row.id, key="{}:{}".format(row.event_id, row.channel), event_type=row.event_type,
+            order_id=row.order_id, address=row.address, subject=row.subject, body=row.body, html=row.html_body)
+        channel = self.channels.get(row.channel)
         started, clock = utcnow(), time.monotonic()
         error = skipped = None
         if channel is None:
             skipped = "{} is not configured ({} is not set)".format(
-                channel_name, domain.CHANNEL_SETTING.get(channel_name, "no such channel"))
+                row.channel, domain.CHANNEL_SETTING.get(row.channel, "no such channel"))
         else:
             try:
                 channel.send(outgoing)
             except domain.DeliveryError as exc:
                 error = exc
             except Exception as exc:  # a bug or an unforeseen library error: worth another try
-                log.exception("notification %s: unexpected error from %s", notification_id, channel_name)
+                log.exception("notification %s: unexpected error from %s", row.id, row.channel)
                 error = domain.TransientFailure("{}: {}".format(type(exc).__name__, exc))
-        duration_ms = (time.monotonic() - clock) * 1000
-        self._record(notification_id, started, duration_ms, error, skipped)
+        duration_ms = round((time.monotonic() - clock) * 1000, 1)
+        self._record(row, started, duration_ms, error, skipped)
 
-    def _record(self, notification_id, started, duration_ms, error, skipped):
+    def _record(self, row, started, duration_ms, error, skipped):
+        """The attempt and its consequence, in one transaction.
+
+        The row is still claimed by this process, so the counters read at
+        claim time are current.
+        """
         now = utcnow()
-        with self.Session.begin() as session:
-            row = session.get(Notification, notification_id, with_for_update=True)
-            row.attempt_count += 1
-            attempt = DeliveryAttempt(notification_id=row.id, number=row.attempt_count, at=started,
-                                      duration_ms=round(duration_ms, 1))
-            if skipped:
-                row.status, row.last_error, row.next_attempt_at = domain.SKIPPED, skipped, None
-                attempt.outcome, attempt.error = domain.OUTCOME_SKIPPED, skipped
-                log.warning("notification %s skipped: %s", row.id, skipped)
-            else:
-                row.round_attempts += 1
-                decision = domain.after_attempt(error, row.round_attempts, self.max_attempts,
-                                                self.backoff_base, self.backoff_max)
-                row.status, row.last_error = decision.status, decision.error
-                row.next_attempt_at = now + timedelta(seconds=decision.delay) if decision.delay is not None else None
-                if decision.status == domain.SENT:
-                    row.sent_at = now
-                attempt.outcome = domain.outcome_of(error)
-                attempt.error = error.message if error else None
-                self._log(row, decision)
-            row.updated_at = now
-            session.add(attempt)
+        number = row.attempt_count + 1
+        changes = {"attempt_count": number, "updated_at": now}
+        if skipped:
+            changes.update(status=domain.SKIPPED, last_error=skipped, next_attempt_at=None)
+            outcome, message = domain.OUTCOME_SKIPPED, skipped
+            log.warning("notification %s skipped: %s", row.id, skipped)
+        else:
+            round_attempts = row.round_attempts + 1
+            decision = domain.after_attempt(error, round_attempts, self.max_attempts,
+                                            self.backoff_base, self.backoff_max)
+            changes.update(status=decision.status, last_error=decision.error, round_attempts=round_attempts,
+                           next_attempt_at=(now + timedelta(seconds=decision.delay)
+                                            if decision.delay is not None else None))
+            if decision.status == domain.SENT:
+                changes["sent_at"] = now
+            outcome, message = domain.outcome_of(error), (error.message if error else None)
+            self._log(row, number, round_attempts, decision)
+        table = Notification.__table__
+        with self.engine.begin() as connection:
+            connection.execute(update(table).where(table.c.id == row.id).values(**changes))
+            connection.execute(DeliveryAttempt.__table__.insert().values(
+                notification_id=row.id, number=number, at=started, outcome=outcome, error=message,
+                duration_ms=duration_ms))
 
-    def _log(self, row, decision):
+    def _log(self, row, number, round_attempts, decision):
         where = "{} {} to {}".format(row.id, row.channel, domain.mask(row.address))
         if decision.status == domain.SENT:
-            log.info("notification %s sent (attempt %d)", where, row.attempt_count)
+            log.info("notification %s sent (attempt %d)", where, number)
         elif decision.status == domain.QUEUED:
             log.warning("notification %s: attempt %d/%d failed (%s); next in %.2fs",
-                        where, row.round_attempts, self.max_attempts, decision.error, decision.delay)
+                        where, round_attempts, self.max_attempts, decision.error, decision.delay)
         else:
             log.error("notification %s failed after %d attempt(s): %s",
-                      where, row.round_attempts, decision.error)
+                      where, round_attempts, decision.error)

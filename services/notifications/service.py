@@ -15,6 +15,7 @@ from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
@@ -107,7 +108,8 @@ class NotificationsService(DeadLetterRpc):
     def list_notifications(self, order_id=None, recipient=None, status=None, limit=100, channel=None):
         query = _load(ListNotificationsSchema(), {"order_id": order_id, "recipient": recipient,
                                                   "status": status, "channel": channel, "limit": limit})
-        statement = select(Notification).order_by(Notification.id).limit(query["limit"])
+        statement = (select(Notification).options(selectinload(Notification.attempts))
+                     .order_by(Notification.id).limit(query["limit"]))
         for column in ("order_id", "recipient", "status", "channel"):
             if query.get(column) is not None:
                 statement = statement.where(getattr(Notification, column) == query[column])
@@ -176,7 +178,8 @@ class NotificationsService(DeadLetterRpc):
 
     @staticmethod
     def _notification(session, notification_id, for_update=False):
-        statement = select(Notification).where(Notification.id == notification_id)
+        statement = (select(Notification).options(selectinload(Notification.attempts))
+                     .where(Notification.id == notification_id))
         if for_update:
             statement = statement.with_for_update()
         notification = session.scalars(statement).first()
