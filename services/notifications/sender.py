@@ -75,10 +75,11 @@ class Sender(DependencyProvider):
         # Deliveries under way get a moment to finish and be recorded; one
         # cut short stays claimed until its lease lapses, then goes again.
         self._running = False
-        self.wake()
-        with eventlet.Timeout(STOP_TIMEOUT, False):
-            self._loop_done.wait()
-            self._pool.waitall()
+        if getattr(self, "_loop_done", None) is not None:
+            self.wake()
+            with eventlet.Timeout(STOP_TIMEOUT, False):
+                self._loop_done.wait()
+                self._pool.waitall()
         self.engine.dispose()
 
     def kill(self):

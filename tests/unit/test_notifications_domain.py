@@ -120,3 +120,20 @@ def test_auth_header_forms():
     assert parse_auth_header("Authorization: Bearer abc") == {"Authorization": "Bearer abc"}
     assert parse_auth_header("Bearer abc") == {"Authorization": "Bearer abc"}
     assert parse_auth_header("") == {}
+
+
+def test_config_yaml_names_every_setting_and_runs_on_the_log_channel_by_default(monkeypatch):
+    import os
+
+    from services.common.settings import load_config
+
+    for name in ("SMTP_HOST", "SMS_WEBHOOK_URL", "PUSH_WEBHOOK_URL", "WEBHOOK_AUTH_HEADER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SMTP_PASSWORD", "p@ss: #word")
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "config.yaml"))
+    for name in ("SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP_USERNAME", "SMTP_PASSWORD", "MAIL_FROM",
+                 "SMS_WEBHOOK_URL", "PUSH_WEBHOOK_URL", "WEBHOOK_AUTH_HEADER", "NOTIFY_MAX_ATTEMPTS",
+                 "NOTIFY_BACKOFF_BASE", "NOTIFY_BACKOFF_MAX"):
+        assert name in config
+    assert config["SMTP_PASSWORD"] == "p@ss: #word"  # taken verbatim, not parsed as YAML
+    assert set(build_channels(config)) == {"log"}
