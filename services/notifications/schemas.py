@@ -1,4 +1,4 @@
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from services.common.schema import UtcDateTime
 
@@ -36,6 +36,13 @@ class OrderEventSchema(_Event):
     lines = fields.List(fields.Nested(OrderLineSchema), required=True)
     total = fields.Integer(required=True)
     reasons = fields.List(fields.Nested(ShortfallSchema), allow_none=True, load_default=None)
+
+    @pre_load
+    def order_id_as_id(self, data, **kwargs):
+        """Order events name their order ``order_id`` (and, earlier, only ``id``)."""
+        if isinstance(data, dict) and "id" not in data and "order_id" in data:
+            data = dict(data, id=data["order_id"])
+        return data
 
 
 class ListNotificationsSchema(Schema):

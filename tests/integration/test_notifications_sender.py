@@ -7,9 +7,10 @@ import pytest
 from alembic import command
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from services.common.db import make_engine
 from services.common.events import new_event, utcnow
 from services.common.migrate import alembic_config
 from services.notifications.models import Notification
@@ -57,7 +58,7 @@ def test_two_instances_send_each_notification_once(config, smtp, container_facto
 
 def test_a_claim_that_lapsed_is_taken_over(config, smtp, container_factory):
     """A process that died mid-send leaves a row 'sending'; another sends it once its lease ran out."""
-    engine = create_engine(config["DB_URIS"][DB_KEY])
+    engine = make_engine(config["DB_URIS"][DB_KEY])
     with Session(engine) as session, session.begin():
         session.add(Notification(
             event_id="e-lapsed", event_type="order_confirmed", order_id="o-lapsed", recipient="lee@example.com",
@@ -77,7 +78,7 @@ def test_migration_0002_keeps_earlier_notifications(make_database, backend):
     uri = make_database("notifications", backend)
     alembic = alembic_config("notifications", uri)
     command.downgrade(alembic, "0001")
-    engine = create_engine(uri)
+    engine = make_engine(uri)
     with engine.begin() as connection:
         connection.execute(text(
             "INSERT INTO notifications (event_id, event_type, order_id, recipient, channel, subject, body,"

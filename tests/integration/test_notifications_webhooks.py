@@ -43,7 +43,7 @@ def start(container_factory, config):
 
 
 @pytest.fixture
-def rpc(config):
+def notifications(config):
     with ClusterRpcProxy(config, timeout=5) as proxy:
         yield proxy.notifications
 
@@ -52,24 +52,26 @@ def publish(config, event_type, data):
     event_dispatcher(config)("orders", event_type, new_event("orders", event_type, data))
 
 
-def by_channel(rpc, order_id, wanted):
-    notes = {note["channel"]: note for note in rpc.list_notifications(order_id=order_id)}
+def by_channel(notifications, order_id, wanted):
+    notes = {note["channel"]: note for note in notifications.list_notifications(order_id=order_id)}
     done = all(notes.get(channel, {}).get("status") == status for channel, status in wanted.items())
     return notes if done else None
 
 
-def test_sms_and_push_providers_receive_the_expected_json(config, provider, start, rpc):
+def test_sms_and_push_providers_receive_the_expected_json(config, provider, start, notifications):
     start()
-    rpc.set_preferences("Eve@Example.com", ["email", "sms", "push"], phone="+447700900123",
-                        device_token="device-abc")
+    notifications.set_preferences("Eve@Example.com", ["email", "sms", "push"], phone="+447700900123",
+                                  device_token="device-abc")
     order = order_data("eve@example.com")
     publish(config, "order_confirmed", order)
 
-    notes = eventually(lambda: by_channel(rpc, order["id"], {"log": "sent", "sms": "sent", "push": "sent"}),
+    everything_sent = {"log": "sent", "sms": "sent", "push": "sent"}
+    notes = eventually(lambda: by_channel(notifications, order["id"], everything_sent),
                        message="all three channels sent")
     [sms] = provider.posts("/sms")
     assert sms["json"] == {
-        "to": "+447700900123", "text": "Order {} confirmed: 3 items, total 27.50. Thank you!".format(order["id"][:8]),
+        "to": "+447700900123",
+        "text": "Order {} confirmed: 3 items, total 27.50. Thank you!".format(order["id"][:8]),
         "notification_id": notes["sms"]["id"], "event_type": "order_confirmed", "order_id": order["id"]}
     [push] = provider.posts("/push")
     assert push["json"] == {
@@ -84,16 +86,18 @@ def test_sms_and_push_providers_receive_the_expected_json(config, provider, star
     assert notes["sms"]["address"] == "+447700900123" and notes["push"]["address"] == "device-abc"
 
 
-def test_provider_5xx_is_retried_and_4xx_fails_at_once(config, provider, start, rpc):
+def test_provider_5xx_is_retried_and_4xx_fails_at_once(config, provider, start, notifications):
     start()
-    rpc.set_preferences("fay@example.com", ["sms", "push"], phone="+447700900124", device_token="dev")
+    notifications.set_preferences("fay@example.com", ["sms", "push"], phone="+447700900124", device_token="dev")
     provider.statuses = [503, 400]  # first call (either channel) 503, second 400, then 200
     order = order_data("fay@example.com", status="cancelled")
     publish(config, "order_cancelled", order)
 
-    notes = eventually(lambda: by_channel(rpc, order["id"], {}) if {
-        note["status"] for note in rpc.list_notifications(order_id=order["id"])} == {"sent", "failed"} else None,
-        message="one sent after a retry, one failed")
+    def one_sent_one_failed():
+        notes = by_channel(notifications, order["id"], {})
+        return notes if {note["status"] for note in notes.values()} == {"sent", "failed"} else None
+
+    notes = eventually(one_sent_one_failed, message="one sent after a retry, one failed")
     [failed] = [note for note in notes.values() if note["status"] == "failed"]
     [sent] = [note for note in notes.values() if note["status"] == "sent"]
     assert [a["outcome"] for a in failed["attempts"]] == ["permanent_error"]
@@ -105,41 +109,41 @@ def test_provider_5xx_is_retried_and_4xx_fails_at_once(config, provider, start, 
     assert retried[0]["headers"]["Idempotency-Key"] == retried[1]["headers"]["Idempotency-Key"]
 
 
-def test_a_provider_that_does_not_answer_in_time_is_a_transient_failure(config, provider, start, rpc):
+def test_a_provider_that_does_not_answer_in_time_is_a_transient_failure(config, provider, start, notifications):
     start(WEBHOOK_TIMEOUT=0.3, NOTIFY_MAX_ATTEMPTS=2)
     provider.delay = 1
-    rpc.set_preferences("gil@example.com", ["push"], device_token="dev")
+    notifications.set_preferences("gil@example.com", ["push"], device_token="dev")
     order = order_data("gil@example.com")
     publish(config, "order_confirmed", order)
-    notes = eventually(lambda: by_channel(rpc, order["id"], {"push": "failed"}), message="push failed")
+    notes = eventually(lambda: by_channel(notifications, order["id"], {"push": "failed"}), message="push failed")
     assert [a["outcome"] for a in notes["push"]["attempts"]] == ["transient_error"] * 2
     assert "did not answer within 0.3s" in notes["push"]["last_error"]
 
 
-def test_a_channel_that_is_not_configured_is_skipped_with_the_reason(config, provider, start, rpc):
+def test_a_channel_that_is_not_configured_is_skipped_with_the_reason(config, provider, start, notifications):
     start(SMS_WEBHOOK_URL="")
-    rpc.set_preferences("hal@example.com", ["email", "sms"], phone="+447700900125")
+    notifications.set_preferences("hal@example.com", ["email", "sms"], phone="+447700900125")
     order = order_data("hal@example.com")
     publish(config, "order_confirmed", order)
-    notes = eventually(lambda: by_channel(rpc, order["id"], {"log": "sent", "sms": "skipped"}),
+    notes = eventually(lambda: by_channel(notifications, order["id"], {"log": "sent", "sms": "skipped"}),
                        message="email logged, sms skipped")
     assert notes["sms"]["last_error"] == "sms is not configured (SMS_WEBHOOK_URL is not set)"
     assert notes["sms"]["attempts"] == []
     assert provider.requests == []
     with pytest.raises(Conflict):
-        rpc.retry_notification(notes["sms"]["id"])
+        notifications.retry_notification(notes["sms"]["id"])
 
 
-def test_preferences_default_to_email_and_round_trip(start, rpc):
+def test_preferences_default_to_email_and_round_trip(start, notifications):
     start()
-    assert rpc.get_preferences("new@example.com") == {
+    assert notifications.get_preferences("new@example.com") == {
         "customer_email": "new@example.com", "channels": ["email"], "phone": None, "device_token": None,
         "updated_at": None}
-    stored = rpc.set_preferences("New@Example.com", ["sms"], phone="+15550100999")
+    stored = notifications.set_preferences("New@Example.com", ["sms"], phone="+15550100999")
     assert stored["channels"] == ["sms"] and stored["phone"] == "+15550100999" and stored["updated_at"]
-    assert rpc.get_preferences("new@example.com") == stored
-    rpc.set_preferences("new@example.com", [])
-    assert rpc.get_preferences("new@example.com")["channels"] == []
+    assert notifications.get_preferences("new@example.com") == stored
+    notifications.set_preferences("new@example.com", [])
+    assert notifications.get_preferences("new@example.com")["channels"] == []
 
 
 @pytest.mark.parametrize("arguments, field", [
@@ -151,22 +155,22 @@ def test_preferences_default_to_email_and_round_trip(start, rpc):
     (("a@example.com", ["sms"], "0123"), "phone"),
     (("a@example.com", ["push"]), "device_token"),
 ])
-def test_bad_preferences_are_refused_naming_the_field(start, rpc, arguments, field):
+def test_bad_preferences_are_refused_naming_the_field(start, notifications, arguments, field):
     start()
     with pytest.raises(InvalidInput) as refused:
-        rpc.set_preferences(*arguments)
+        notifications.set_preferences(*arguments)
     assert field in refused.value.details, refused.value.details
 
 
-def test_rpc_errors_name_the_problem(start, rpc):
+def test_rpc_errors_name_the_problem(start, notifications):
     start()
     with pytest.raises(InvalidInput) as refused:
-        rpc.list_notifications(status="lost")
+        notifications.list_notifications(status="lost")
     assert "status" in refused.value.details
     with pytest.raises(InvalidInput) as refused:
-        rpc.retry_notification("seven")
+        notifications.retry_notification("seven")
     assert "notification_id" in refused.value.details
     with pytest.raises(NotFound):
-        rpc.retry_notification(987654)
+        notifications.retry_notification(987654)
     with pytest.raises(NotFound):
-        rpc.get_notification(987654)
+        notifications.get_notification(987654)

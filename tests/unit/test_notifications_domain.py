@@ -137,3 +137,11 @@ def test_config_yaml_names_every_setting_and_runs_on_the_log_channel_by_default(
         assert name in config
     assert config["SMTP_PASSWORD"] == "p@ss: #word"  # taken verbatim, not parsed as YAML
     assert set(build_channels(config)) == {"log"}
+
+
+def test_order_events_are_read_by_order_id_or_id():
+    from services.notifications.schemas import OrderEventSchema
+
+    event = {"status": "confirmed", "customer_email": "a@example.com", "total": 1, "lines": []}
+    assert OrderEventSchema().load(dict(event, order_id="o-1"))["id"] == "o-1"
+    assert OrderEventSchema().load(dict(event, id="o-2"))["id"] == "o-2"
