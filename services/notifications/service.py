@@ -1,8 +1,12 @@
 """The notifications service: tells customers what happened to their order.
 
-It reacts to the orders service's events and keeps a history of every
-notification. Delivery goes through a channel; the ``log`` channel records
-the message in the service's log, so the system runs with no provider set up.
+It reacts to the orders service's events. A handler renders the messages
+(templates per event and channel), records one notification per channel the
+customer chose as ``queued`` in the same transaction as the inbox entry, and
+returns; the ``Sender`` delivers outside any handler, retrying what failed
+for a reason that may pass. Without an SMTP server configured, email is
+written to the service log instead (the ``log`` channel), so the system runs
+with no provider set up.
 """
 import logging
 
@@ -11,22 +15,40 @@ from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
-from services.common.errors import InvalidInput, validation_error
+from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
 from services.common.events import parse_event, utcnow
 
 from . import domain
-from .models import Notification, NotificationsBase, ProcessedEvent
-from .schemas import ListNotificationsSchema, NotificationSchema, OrderEventSchema
+from .models import Notification, NotificationsBase, Preference, ProcessedEvent
+from .rendering import Renderer
+from .schemas import (
+    ListNotificationsSchema, NotificationIdSchema, NotificationSchema, OrderEventSchema,
+    PreferencesOutSchema, PreferencesSchema,
+)
+from .sender import Sender
 
 log = logging.getLogger(__name__)
 
 notification_schema = NotificationSchema()
-LOG_CHANNEL = "log"
+preferences_schema = PreferencesOutSchema()
+renderer = Renderer()
+
+
+def _load(schema, data):
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _preference_key(email):
+    return email.strip().lower()
 
 
 class NotificationsService(DeadLetterRpc):
@@ -34,8 +56,11 @@ class NotificationsService(DeadLetterRpc):
 
     config = Config()
     db = ServiceDatabase(NotificationsBase)
+    sender = Sender(NotificationsBase)
     correlation_id = CorrelationId()
     tracer = Tracer()
+
+    # events -----------------------------------------------------------------------
 
     @event_handler("orders", "order_confirmed")
     def order_confirmed(self, body):
@@ -49,40 +74,120 @@ class NotificationsService(DeadLetterRpc):
     def order_cancelled(self, body):
         self._notify(body, "order_cancelled")
 
+    def _notify(self, body, event_type):
+        event = parse_event(body, OrderEventSchema())
+        order = event.data
+        with self.db.get_session() as session:
+            if not first_delivery(session, ProcessedEvent, event, "notify"):
+                return
+            preference = session.get(Preference, _preference_key(order["customer_email"]))
+            planned = domain.plan_deliveries(
+                _preference_dict(preference) if preference else None, order["customer_email"],
+                self.sender.configured)
+            now = utcnow()
+            for delivery in planned:
+                content = renderer.render(event_type, delivery.template, order)
+                session.add(Notification(
+                    event_id=event.id, event_type=event_type, order_id=order["id"],
+                    recipient=order["customer_email"], channel=delivery.channel, address=delivery.address,
+                    subject=content.subject[:200], body=content.body, html_body=content.html,
+                    status=delivery.status, last_error=delivery.reason,
+                    next_attempt_at=now if delivery.status == domain.QUEUED else None,
+                    attempt_count=0, round_attempts=0, correlation_id=self.correlation_id))
+        for delivery in planned:
+            if delivery.status == domain.SKIPPED:
+                log.warning("order %s: %s notification skipped: %s", order["id"], delivery.channel, delivery.reason)
+        if any(delivery.status == domain.QUEUED for delivery in planned):
+            self.sender.wake()
+        log.info("order %s: %s queued for %s via %s", order["id"], event_type,
+                 domain.mask(order["customer_email"]), ", ".join(d.channel for d in planned) or "no channel")
+
+    # RPC --------------------------------------------------------------------------
+
     @rpc(expected_exceptions=InvalidInput)
-    def list_notifications(self, order_id=None, recipient=None, status=None, limit=100):
-        try:
-            query = ListNotificationsSchema().load(
-                {"order_id": order_id, "recipient": recipient, "status": status, "limit": limit})
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        statement = select(Notification).order_by(Notification.id).limit(query["limit"])
-        for column in ("order_id", "recipient", "status"):
+    def list_notifications(self, order_id=None, recipient=None, status=None, limit=100, channel=None):
+        query = _load(ListNotificationsSchema(), {"order_id": order_id, "recipient": recipient,
+                                                  "status": status, "channel": channel, "limit": limit})
+        statement = (select(Notification).options(selectinload(Notification.attempts))
+                     .order_by(Notification.id).limit(query["limit"]))
+        for column in ("order_id", "recipient", "status", "channel"):
             if query.get(column) is not None:
                 statement = statement.where(getattr(Notification, column) == query[column])
         with self.db.get_session() as session:
             return notification_schema.dump(session.scalars(statement).all(), many=True)
 
+    @rpc(expected_exceptions=(InvalidInput, NotFound))
+    def get_notification(self, notification_id):
+        notification_id = _load(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
+        with self.db.get_session() as session:
+            return notification_schema.dump(self._notification(session, notification_id))
+
+    @rpc(expected_exceptions=(InvalidInput, NotFound, Conflict))
+    def retry_notification(self, notification_id):
+        """Queue a failed notification again, with a fresh set of attempts."""
+        notification_id = _load(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
+        with self.db.get_session() as session:
+            notification = self._notification(session, notification_id, for_update=True)
+            try:
+                domain.check_retryable(notification.status, notification.last_error)
+            except domain.NotRetryable as exc:
+                raise Conflict(str(exc), details={"status": [notification.status]}) from None
+            notification.status = domain.QUEUED
+            notification.round_attempts = 0
+            notification.next_attempt_at = utcnow()
+            session.flush()
+            result = notification_schema.dump(notification)
+        self.sender.wake()
+        log.info("notification %s queued again by request", notification_id)
+        return result
+
+    @rpc(expected_exceptions=InvalidInput)
+    def set_preferences(self, customer_email, channels, phone=None, device_token=None):
+        data = _load(PreferencesSchema(), {"customer_email": customer_email, "channels": channels,
+                                           "phone": phone, "device_token": device_token})
+        key = _preference_key(data["customer_email"])
+        with self.db.get_session() as session:
+            preference = session.get(Preference, key)
+            if preference is None:
+                preference = Preference(customer_email=key)
+                session.add(preference)
+            preference.channels = list(data["channels"])
+            preference.phone = data["phone"]
+            preference.device_token = data["device_token"]
+            preference.updated_at = utcnow()
+            session.flush()
+            return preferences_schema.dump(preference)
+
+    @rpc(expected_exceptions=InvalidInput)
+    def get_preferences(self, customer_email):
+        """The customer's choices; without any, the default (email only, ``updated_at`` null)."""
+        data = _load(PreferencesSchema(only=("customer_email",)), {"customer_email": customer_email})
+        key = _preference_key(data["customer_email"])
+        with self.db.get_session() as session:
+            preference = session.get(Preference, key)
+            if preference is None:
+                return {"customer_email": key, "channels": list(domain.DEFAULT_CHANNELS), "phone": None,
+                        "device_token": None, "updated_at": None}
+            return preferences_schema.dump(preference)
+
     @rpc
     def ping(self):
         return "pong"
 
-    def _notify(self, body, event_type):
-        event = parse_event(body, OrderEventSchema())
-        order = event.data
-        subject, text = domain.compose(event_type, order)
-        with self.db.get_session() as session:
-            if not first_delivery(session, ProcessedEvent, event, "notify"):
-                return
-            notification = Notification(
-                event_id=event.id, event_type=event_type, order_id=order["id"],
-                recipient=order["customer_email"], channel=LOG_CHANNEL, subject=subject, body=text,
-                status="sent", sent_at=utcnow(), correlation_id=self.correlation_id)
-            session.add(notification)
-        log.info("notification %s to %s via %s: %s", notification.id, _mask(notification.recipient),
-                 LOG_CHANNEL, subject)
+    # helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _notification(session, notification_id, for_update=False):
+        statement = (select(Notification).options(selectinload(Notification.attempts))
+                     .where(Notification.id == notification_id))
+        if for_update:
+            statement = statement.with_for_update()
+        notification = session.scalars(statement).first()
+        if notification is None:
+            raise NotFound("No notification with id {}.".format(notification_id),
+                           details={"notification_id": [str(notification_id)]})
+        return notification
 
 
-def _mask(email):
-    name, _, domain_part = email.partition("@")
-    return "{}***@{}".format(name[:1], domain_part)
+def _preference_dict(preference):
+    return {"channels": preference.channels, "phone": preference.phone, "device_token": preference.device_token}

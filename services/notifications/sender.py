@@ -1,0 +1,241 @@
+"""Delivery, away from the event handlers.
+
+The handlers only record notifications as ``queued`` (in the same
+transaction as the inbox entry) and return; this dependency delivers them in
+its own green threads, so a slow or dead mail server never holds a consumer
+or a database transaction. It wakes up when a handler or an operator queued
+something, when the next retry falls due, and at least every
+``NOTIFY_POLL_INTERVAL`` seconds (which also picks up what another instance
+or a previous run left behind).
+
+Several instances may run: a notification is claimed with a conditional
+UPDATE that only one of them can win, and the claim lapses after
+``NOTIFY_LEASE`` seconds so that a crash mid-send does not strand it. The
+price is at-least-once delivery: a process that dies after the provider
+accepted a message but before recording it sends that message again later.
+"""
+import logging
+import time
+from datetime import timedelta, timezone
+
+import eventlet
+from eventlet.event import Event
+from eventlet.queue import Empty, Full, LightQueue
+from nameko.extensions import DependencyProvider
+from sqlalchemy import func, select, update
+
+from services.common import correlation
+from services.common.db import database_uri, make_engine
+from services.common.events import utcnow
+
+from . import domain
+from .channels import Outgoing, build_channels
+from .models import DeliveryAttempt, Notification
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10
+PENDING = (domain.QUEUED, domain.SENDING)
+MIN_WAIT = 0.01
+
+
+def _aware(moment):
+    """SQLite hands datetimes back without their (UTC) offset."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+class Sender(DependencyProvider):
+    def __init__(self, declarative_base):
+        self.declarative_base = declarative_base
+        self._running = False
+
+    def setup(self):
+        config = self.container.config
+        self.channels = build_channels(config)
+        self.max_attempts = int(config.get("NOTIFY_MAX_ATTEMPTS") or 5)
+        self.backoff_base = float(config.get("NOTIFY_BACKOFF_BASE") or 2)
+        self.backoff_max = float(config.get("NOTIFY_BACKOFF_MAX") or 300)
+        self.poll_interval = float(config.get("NOTIFY_POLL_INTERVAL") or 5)
+        self.concurrency = int(config.get("NOTIFY_CONCURRENCY") or 10)
+        self.lease = timedelta(seconds=float(config.get("NOTIFY_LEASE") or 300))
+        uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
+        self.engine = make_engine(uri, max_workers=self.concurrency)
+        self._wakeup = LightQueue(maxsize=1)
+        log.info("notification channels: %s", ", ".join(sorted(self.channels)))
+
+    def start(self):
+        self._running = True
+        self._pool = eventlet.GreenPool(self.concurrency)
+        self._loop_done = Event()
+        self.container.spawn_managed_thread(self._loop)
+
+    def stop(self):
+        # Deliveries under way get a moment to finish and be recorded; one
+        # cut short stays claimed until its lease lapses, then goes again.
+        self._running = False
+        if getattr(self, "_loop_done", None) is not None:
+            self.wake()
+            with eventlet.Timeout(STOP_TIMEOUT, False):
+                self._loop_done.wait()
+                self._pool.waitall()
+        self.engine.dispose()
+
+    def kill(self):
+        self._running = False
+        self.engine.dispose()
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    @property
+    def configured(self):
+        """Channels a customer can be reached through here (log is a stand-in, not a choice)."""
+        return set(self.channels) - {domain.LOG}
+
+    def wake(self):
+        """Look for due notifications now rather than at the next poll."""
+        try:
+            self._wakeup.put_nowait(True)
+        except Full:
+            pass
+
+    # the loop -------------------------------------------------------------------
+
+    def _loop(self):
+        try:
+            while self._running:
+                try:
+                    wait = self.dispatch_due()
+                except Exception as exc:  # the database may be away; try again later
+                    log.warning("notification sender: %s: %s", type(exc).__name__, exc)
+                    wait = self.poll_interval
+                try:
+                    self._wakeup.get(timeout=wait)
+                except Empty:
+                    pass
+        finally:
+            self._loop_done.send()
+
+    def dispatch_due(self):
+        """Start delivering what is due; return how long to sleep before looking again."""
+        now = utcnow()
+        free = self._pool.free()
+        if free > 0:
+            for row in self._claim(now, free):
+                self._pool.spawn_n(self._deliver_safely, row)
+        if self._pool.free() == 0:
+            return self.poll_interval  # a finishing delivery wakes the loop
+        with self.engine.connect() as connection:
+            due = _aware(connection.execute(
+                select(func.min(Notification.next_attempt_at)).where(Notification.status.in_(PENDING))).scalar())
+        if due is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(MIN_WAIT, (due - utcnow()).total_seconds()))
+
+    def _claim(self, now, limit):
+        """Take up to ``limit`` due notifications for this process; return what sending them needs.
+
+        One conditional UPDATE ... RETURNING claims and reads the rows at
+        once; a row another process claimed in the meantime no longer
+        matches its WHERE clause and is simply not returned.
+        """
+        table = Notification.__table__
+        due = (table.c.status.in_(PENDING), table.c.next_attempt_at <= now)
+        with self.engine.begin() as connection:
+            candidates = dict(connection.execute(
+                select(table.c.id, table.c.status).where(*due)
+                .order_by(table.c.next_attempt_at, table.c.id).limit(limit)
+            ).all())
+            if not candidates:
+                return []
+            rows = connection.execute(
+                update(table)
+                .where(table.c.id.in_(list(candidates)), *due)
+                .values(status=domain.SENDING, next_attempt_at=now + self.lease, updated_at=now)
+                .returning(table.c.id, table.c.event_id, table.c.event_type, table.c.order_id,
+                           table.c.channel, table.c.address, table.c.subject, table.c.body, table.c.html_body,
+                           table.c.attempt_count, table.c.round_attempts, table.c.correlation_id)
+            ).all()
+        for row in rows:
+            if candidates[row.id] == domain.SENDING:
+                log.warning("notification %s: previous claim lapsed; sending again", row.id)
+        return rows
+
+    # one delivery -----------------------------------------------------------------
+
+    def _deliver_safely(self, row):
+        try:
+            self.deliver(row)
+        except Exception:
+            log.exception("notification %s: delivery could not be recorded; it goes again "
+                          "when its claim lapses", row.id)
+        finally:
+            correlation._current.value = None
+            self.wake()
+
+    def deliver(self, row):
+        """Send one claimed notification (a row from ``_claim``) and record the attempt."""
+        correlation._current.value = row.correlation_id
+        outgoing = Outgoing(
+            id=row.id, key="{}:{}".format(row.event_id, row.channel), event_type=row.event_type,
+            order_id=row.order_id, address=row.address, subject=row.subject, body=row.body, html=row.html_body)
+        channel = self.channels.get(row.channel)
+        started, clock = utcnow(), time.monotonic()
+        error = skipped = None
+        if channel is None:
+            skipped = "{} is not configured ({} is not set)".format(
+                row.channel, domain.CHANNEL_SETTING.get(row.channel, "no such channel"))
+        else:
+            try:
+                channel.send(outgoing)
+            except domain.DeliveryError as exc:
+                error = exc
+            except Exception as exc:  # a bug or an unforeseen library error: worth another try
+                log.exception("notification %s: unexpected error from %s", row.id, row.channel)
+                error = domain.TransientFailure("{}: {}".format(type(exc).__name__, exc))
+        duration_ms = round((time.monotonic() - clock) * 1000, 1)
+        self._record(row, started, duration_ms, error, skipped)
+
+    def _record(self, row, started, duration_ms, error, skipped):
+        """The attempt and its consequence, in one transaction.
+
+        The row is still claimed by this process, so the counters read at
+        claim time are current.
+        """
+        now = utcnow()
+        number = row.attempt_count + 1
+        changes = {"attempt_count": number, "updated_at": now}
+        if skipped:
+            changes.update(status=domain.SKIPPED, last_error=skipped, next_attempt_at=None)
+            outcome, message = domain.OUTCOME_SKIPPED, skipped
+            log.warning("notification %s skipped: %s", row.id, skipped)
+        else:
+            round_attempts = row.round_attempts + 1
+            decision = domain.after_attempt(error, round_attempts, self.max_attempts,
+                                            self.backoff_base, self.backoff_max)
+            changes.update(status=decision.status, last_error=decision.error, round_attempts=round_attempts,
+                           next_attempt_at=(now + timedelta(seconds=decision.delay)
+                                            if decision.delay is not None else None))
+            if decision.status == domain.SENT:
+                changes["sent_at"] = now
+            outcome, message = domain.outcome_of(error), (error.message if error else None)
+            self._log(row, number, round_attempts, decision)
+        table = Notification.__table__
+        with self.engine.begin() as connection:
+            connection.execute(update(table).where(table.c.id == row.id).values(**changes))
+            connection.execute(DeliveryAttempt.__table__.insert().values(
+                notification_id=row.id, number=number, at=started, outcome=outcome, error=message,
+                duration_ms=duration_ms))
+
+    def _log(self, row, number, round_attempts, decision):
+        where = "{} {} to {}".format(row.id, row.channel, domain.mask(row.address))
+        if decision.status == domain.SENT:
+            log.info("notification %s sent (attempt %d)", where, number)
+        elif decision.status == domain.QUEUED:
+            log.warning("notification %s: attempt %d/%d failed (%s); next in %.2fs",
+                        where, round_attempts, self.max_attempts, decision.error, decision.delay)
+        else:
+            log.error("notification %s failed after %d attempt(s): %s",
+                      where, round_attempts, decision.error)

@@ -1,0 +1,116 @@
+"""Notifications in the whole system: real processes, a real SMTP server and
+a real webhook provider on loopback."""
+import statistics
+import time
+
+import pytest
+
+from tests.helpers import eventually, free_port
+from tests.notifications_fakes import FAST_DELIVERY, SmtpSink, WebhookSink, smtp_settings
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    sink = SmtpSink(tmp_path, free_port())
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def provider():
+    sink = WebhookSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def configured(service_config, smtp, provider):
+    service_config.update(FAST_DELIVERY)
+    service_config.update(smtp_settings(smtp.port))
+    service_config.update(SMS_WEBHOOK_URL=provider.url("/sms"), PUSH_WEBHOOK_URL=provider.url("/push"),
+                          WEBHOOK_AUTH_HEADER="X-Api-Key: e2e-key")
+    return service_config
+
+
+def settled(system, order_id):
+    order = system.order(order_id)
+    return order if order["status"] != "pending" else None
+
+
+def test_a_confirmed_order_reaches_the_customer_by_email_sms_and_push(configured, system, smtp, provider):
+    smtp.start()
+    system.start()
+    system.create_products(("NTF-1", "Teapot", 2400, 10), ("NTF-2", "Cup", 350, 10))
+    with system.rpc() as rpc:
+        rpc.notifications.set_preferences("ivy@example.com", ["email", "sms", "push"], phone="+447700900200",
+                                          device_token="ivy-phone")
+
+    response = system.place_order("ivy@example.com", [("NTF-1", 1), ("NTF-2", 4)])
+    assert response.status_code == 202, response.text
+    order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
+    assert order["status"] == "confirmed"
+
+    [mail] = eventually(lambda: smtp.to("ivy@example.com"), message="email received")
+    assert mail.subject == "Your order {} is confirmed".format(order["id"][:8])
+    text = mail.text()
+    assert "1 x Teapot (NTF-1) at 24.00 = 24.00" in text
+    assert "4 x Cup (NTF-2) at 3.50 = 14.00" in text
+    assert "Total: 38.00" in text
+    [sms] = eventually(lambda: provider.posts("/sms"), message="sms webhook called")
+    assert sms["json"]["to"] == "+447700900200" and "total 38.00" in sms["json"]["text"]
+    assert sms["headers"]["X-Api-Key"] == "e2e-key"
+    [push] = eventually(lambda: provider.posts("/push"), message="push webhook called")
+    assert push["json"]["device_token"] == "ivy-phone" and push["json"]["order_id"] == order["id"]
+
+    def all_sent():
+        with system.rpc() as rpc:
+            found = rpc.notifications.list_notifications(order_id=order["id"])
+        return found if len(found) == 3 and all(note["status"] == "sent" for note in found) else None
+
+    notes = eventually(all_sent, message="all three sent")
+    assert sorted(note["channel"] for note in notes) == ["email", "push", "sms"]
+    assert {note["correlation_id"] for note in notes} == {response.headers["X-Request-ID"]}
+
+    # cancelling tells the customer again, once per channel
+    with system.rpc() as rpc:
+        rpc.orders.cancel_order(order["id"])
+    [_, mail] = eventually(lambda: len(smtp.to("ivy@example.com")) == 2 and smtp.to("ivy@example.com"),
+                           message="cancellation email")
+    assert mail.subject == "Your order {} is cancelled".format(order["id"][:8])
+    assert "Status: cancelled" in mail.text()
+
+
+def confirmation_times(system, email, count):
+    """Seconds from each order's acceptance to its confirmation, placed one after another."""
+    times = []
+    for _ in range(count):
+        started = time.monotonic()
+        response = system.place_order(email, [("SLOW-1", 1)])
+        assert response.status_code == 202, response.text
+        order = eventually(lambda: settled(system, response.json()["id"]), interval=0.02, message="settled")
+        assert order["status"] == "confirmed"
+        times.append(time.monotonic() - started)
+    return times
+
+
+def test_orders_confirm_at_the_usual_pace_when_the_mail_server_is_slow(configured, system, smtp):
+    smtp.start()
+    system.start()
+    system.create_products(("SLOW-1", "Widget", 100, 100))
+    confirmation_times(system, "warm@example.com", 2)  # first-call costs out of the way
+    usual = confirmation_times(system, "fast@example.com", 5)
+    eventually(lambda: len(smtp.to("fast@example.com")) == 5, message="fast emails")
+
+    smtp.stop()
+    smtp.start(delay=4)  # every message now takes 4 s to be accepted
+    slow = confirmation_times(system, "slow@example.com", 5)
+    print("confirmation seconds, usual: {}, slow SMTP: {}".format(
+        [round(t, 3) for t in usual], [round(t, 3) for t in slow]))
+    assert statistics.median(slow) < statistics.median(usual) + 0.3, (usual, slow)
+    assert max(slow) < 2, slow
+    assert len(smtp.to("slow@example.com")) == 0  # none had got through yet: the pace did not wait for mail
+
+    with system.rpc() as rpc:
+        notes = rpc.notifications.list_notifications(recipient="slow@example.com")
+    assert len(notes) == 5  # all recorded while their emails were still on the way
+    eventually(lambda: len(smtp.to("slow@example.com")) == 5, timeout=20, message="slow emails delivered")

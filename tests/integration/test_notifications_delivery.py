@@ -1,0 +1,179 @@
+"""Email delivery by the notifications service, in a real container on a real
+broker and database, to a real SMTP server on loopback."""
+import time
+
+import pytest
+from nameko.standalone.events import event_dispatcher
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from services.common import errors  # noqa: F401  (typed remote errors)
+from services.common.events import new_event
+from services.notifications.service import NotificationsService
+from tests.helpers import eventually, free_port
+from tests.notifications_fakes import FAST_DELIVERY, SmtpSink, order_data, smtp_settings
+
+
+BOTH_DATABASES = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
+
+@pytest.fixture
+def backend():
+    """SQLite unless a test asks for both (the claim and retry queries run on each)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    sink = SmtpSink(tmp_path, free_port())
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def config(service_config, smtp):
+    service_config.update(FAST_DELIVERY)
+    service_config.update(smtp_settings(smtp.port))
+    return service_config
+
+
+@pytest.fixture
+def notifications(container_factory, config):
+    container = container_factory(NotificationsService, config)
+    container.start()
+    return container  # container_factory kills it afterwards
+
+
+def publish(config, event_type, data):
+    body = new_event("orders", event_type, data)
+    event_dispatcher(config)("orders", event_type, body)
+    return body
+
+
+def notes_for(config, order_id):
+    with ClusterRpcProxy(config, timeout=5) as rpc:
+        return rpc.notifications.list_notifications(order_id=order_id)
+
+
+def settled(config, order_id, status):
+    notes = notes_for(config, order_id)
+    return notes if notes and all(note["status"] == status for note in notes) else None
+
+
+@BOTH_DATABASES
+def test_confirmed_order_is_emailed_to_the_customer(config, smtp, notifications):
+    smtp.start()
+    order = order_data("ann@example.com")
+    publish(config, "order_confirmed", order)
+
+    [mail] = eventually(smtp.messages, message="email received")
+    assert mail.rcpt_tos == ["ann@example.com"]
+    assert mail.mail_from == "shop@example.com"
+    assert str(mail.message["To"]) == "ann@example.com"
+    assert mail.subject == "Your order {} is confirmed".format(order["id"][:8])
+    text = mail.text()
+    assert "2 x Mug (MUG-1) at 10.00 = 20.00" in text
+    assert "1 x Green tea (TEA-2) at 7.50 = 7.50" in text
+    assert "Total: 27.50" in text
+    assert "Status: confirmed" in text
+    assert ">27.50<" in mail.html()
+
+    [note] = eventually(lambda: settled(config, order["id"], "sent"), message="notification sent")
+    assert note["channel"] == "email" and note["recipient"] == "ann@example.com"
+    assert note["event_type"] == "order_confirmed" and note["subject"] == mail.subject
+    assert note["attempt_count"] == 1 and note["sent_at"]
+    assert [(a["number"], a["outcome"], a["error"]) for a in note["attempts"]] == [(1, "sent", None)]
+
+
+def test_the_same_event_delivered_twice_sends_one_email(config, smtp, notifications):
+    smtp.start()
+    order = order_data("bob@example.com", status="cancelled")
+    body = new_event("orders", "order_cancelled", order)
+    dispatch = event_dispatcher(config)
+    dispatch("orders", "order_cancelled", body)
+    dispatch("orders", "order_cancelled", body)
+
+    eventually(lambda: settled(config, order["id"], "sent"), message="notification sent")
+    time.sleep(0.5)  # room for a second email, were one coming
+    assert len(smtp.to("bob@example.com")) == 1
+    assert len(notes_for(config, order["id"])) == 1
+
+
+def test_smtp_down_then_up_is_retried_and_delivered(config, smtp, container_factory):
+    config.update(NOTIFY_MAX_ATTEMPTS=20, NOTIFY_BACKOFF_BASE=0.2, NOTIFY_BACKOFF_MAX=0.4)
+    container = container_factory(NotificationsService, config)
+    container.start()
+    order = order_data("cyd@example.com")
+    publish(config, "order_confirmed", order)
+
+    def failed_once():
+        notes = notes_for(config, order["id"])
+        return notes if notes and notes[0]["attempt_count"] >= 1 else None
+
+    [note] = eventually(failed_once, message="a failed attempt")
+    assert note["status"] in ("queued", "sending")
+    assert note["attempts"][0]["outcome"] == "transient_error"
+    assert "ConnectionRefused" in note["attempts"][0]["error"]
+
+    smtp.start()
+    [note] = eventually(lambda: settled(config, order["id"], "sent"), message="delivered after the server came up")
+    outcomes = [attempt["outcome"] for attempt in note["attempts"]]
+    assert outcomes[-1] == "sent" and set(outcomes[:-1]) == {"transient_error"}
+    assert len(smtp.to("cyd@example.com")) == 1
+
+
+@BOTH_DATABASES
+def test_smtp_down_for_good_fails_after_the_attempts_then_an_rpc_retry_delivers(config, smtp, notifications):
+    order = order_data("dee@example.com", status="rejected",
+                       reasons=[{"sku": "MUG-1", "reason": "insufficient_stock", "requested": 2, "available": 0}])
+    publish(config, "order_rejected", order)
+
+    [note] = eventually(lambda: settled(config, order["id"], "failed"), message="notification failed")
+    assert note["attempt_count"] == 3
+    assert [attempt["outcome"] for attempt in note["attempts"]] == ["transient_error"] * 3
+    assert "ConnectionRefused" in note["last_error"]
+    assert smtp.messages() == []
+
+    smtp.start()
+    with ClusterRpcProxy(config, timeout=5) as rpc:
+        queued = rpc.notifications.retry_notification(note["id"])
+    assert queued["status"] == "queued"
+    [note] = eventually(lambda: settled(config, order["id"], "sent"), message="delivered after the retry")
+    assert [attempt["outcome"] for attempt in note["attempts"]] == ["transient_error"] * 3 + ["sent"]
+    assert note["last_error"] is None
+    [mail] = smtp.to("dee@example.com")
+    assert "MUG-1: not enough in stock (0 left, 2 asked for)" in mail.text()
+
+
+def test_an_address_the_server_refuses_fails_at_once(config, smtp, notifications):
+    smtp.refuse = "^nobody@"
+    smtp.start()
+    order = order_data("nobody@example.com")
+    publish(config, "order_confirmed", order)
+
+    [note] = eventually(lambda: settled(config, order["id"], "failed"), message="notification failed")
+    assert note["attempt_count"] == 1
+    assert note["attempts"][0]["outcome"] == "permanent_error"
+    assert note["last_error"].startswith("SMTP 550")
+    with ClusterRpcProxy(config, timeout=5) as rpc:
+        assert rpc.notifications.list_notifications(status="failed") == [note]
+        assert rpc.notifications.list_notifications(recipient="nobody@example.com")[0]["id"] == note["id"]
+
+
+def test_a_slow_mail_server_does_not_hold_the_event_handlers(config, smtp, notifications):
+    smtp.start(delay=3)
+    orders = [order_data("slow{}@example.com".format(index)) for index in range(6)]
+    started = time.monotonic()
+    for order in orders:
+        publish(config, "order_confirmed", order)
+
+    def all_recorded():
+        with ClusterRpcProxy(config, timeout=5) as rpc:
+            notes = rpc.notifications.list_notifications()
+        return notes if len(notes) == len(orders) else None
+
+    notes = eventually(all_recorded, timeout=10, interval=0.05, message="all notifications recorded")
+    recorded_after = time.monotonic() - started
+    assert recorded_after < 1.5, recorded_after
+    assert all(note["status"] in ("queued", "sending") for note in notes)
+    assert smtp.messages() == []  # still in the server's slow DATA phase
+    eventually(lambda: len(smtp.messages()) == len(orders), timeout=15, message="all emails delivered")
