@@ -67,7 +67,16 @@ def _path_param(name, description, pattern=None):
 
 
 ORDER_ID = _path_param("order_id", "The order's id (a UUID).")
-SKU = _path_param("sku", "The product's sku.", SKU_PATTERN)
+SKU = dict(_path_param("sku", "The product's sku.", SKU_PATTERN), example="WIDGET-1")
+# The skus are those of the demo catalogue (scripts/seed.py).
+EXAMPLES = {
+    "PlaceOrder": {"customer_email": "ann@example.com",
+                   "lines": [{"sku": "WIDGET-1", "quantity": 2}, {"sku": "GIZMO-1", "quantity": 1}]},
+    "CancelOrder": {"reason": "ordered by mistake"},
+    "NewProduct": {"sku": "SPROCKET-1", "name": "Sprocket", "price": 1250, "stock": 40},
+    "ProductChanges": {"price": 1799, "active": True},
+    "Restock": {"quantity": 50},
+}
 ADMIN = [{"adminToken": []}]
 COMMON = ("MethodNotAllowed",)
 WITH_BODY = ("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")
@@ -94,7 +103,8 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
         return {"$ref": "#/components/schemas/{}".format(name)}
 
     def body(name, required=True):
-        return {"required": required, "content": {"application/json": {"schema": ref(name)}}}
+        return {"required": required,
+                "content": {"application/json": {"schema": ref(name), "example": EXAMPLES[name]}}}
 
     spec.path(path="/orders", operations={
         "post": {
