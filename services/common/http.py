@@ -210,7 +210,7 @@ def is_json(mimetype):
 
 
 def read_json(request, schema=None, optional=False):
-    """The request's JSON body, validated by ``schema`` if given.
+    """The request's JSON body (an object), validated by ``schema`` if given.
 
     A body must be sent as JSON (415 otherwise). With ``optional`` an empty
     body stands for ``{}``; without it an empty body is a 400.
@@ -230,10 +230,10 @@ def read_json(request, schema=None, optional=False):
     except (ValueError, RecursionError) as exc:
         raise MalformedJson("The body is not valid JSON: {}".format(exc),
                             details={"_body": ["Not valid JSON."]}) from None
-    if schema is None:
-        return body
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.", details={"_body": ["Must be a JSON object."]})
+    if schema is None:
+        return body
     try:
         return schema.load(body)
     except ValidationError as exc:

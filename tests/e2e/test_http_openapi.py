@@ -30,10 +30,12 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
 @pytest.fixture
 def api(system):
     system.env["ADMIN_TOKEN"] = ADMIN_TOKEN
-    system.start()
+    system.start("inventory", "orders")
     # the document's examples name the demo catalogue's skus
     system.create_products(("DOC-1", "Documented thing", 250, 100), *DEMO_CATALOGUE)
-    return system
+    yield system
+    for service, instance in list(system.processes):  # a throwaway system: no graceful stop needed
+        system.kill(service, instance)
 
 
 def _conforms(spec, method, path_template, response):
