@@ -111,7 +111,9 @@ class OrdersService(HttpApi, DeadLetterRpc):
 
     def place_order(self, body):
         with self.db.get_session() as session:
-            return self._create_order(session, self._order_request(body))
+            order = self._create_order(session, self._order_request(body))
+        _log_placed(order)
+        return order
 
     def _order_request(self, body):
         return self.load(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
@@ -149,7 +151,9 @@ class OrdersService(HttpApi, DeadLetterRpc):
                 stored = self._stored_answer(session, key, fingerprint, cutoff)
             if stored is None:
                 raise
+            log.info("order request with idempotency key answered by order %s", stored[1]["id"])
             return stored
+        _log_placed(order)
         return 202, order, False
 
     def _stored_answer(self, session, key, fingerprint, cutoff):
@@ -204,9 +208,7 @@ class OrdersService(HttpApi, DeadLetterRpc):
                        "unit_price": line["unit_price"]} for line in priced],
         })
         session.flush()
-        result = order_schema.dump(order)
-        log.info("order %s placed (%d lines, total %d)", order.id, len(priced), total)
-        return result
+        return order_schema.dump(order)
 
     def read_order(self, order_id):
         with self.db.get_session() as session:
@@ -312,6 +314,10 @@ class OrdersService(HttpApi, DeadLetterRpc):
         elif version > item.version:
             item.name, item.price = product["name"], product["price"]
             item.active, item.version = product.get("active", True), version
+
+
+def _log_placed(order):
+    log.info("order %s placed (%d lines, total %d)", order["id"], len(order["lines"]), order["total"])
 
 
 def _as_utc(moment):
