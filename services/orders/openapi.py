@@ -87,13 +87,15 @@ UPSTREAM = ("BadGateway", "ServiceUnavailable")
 def build_spec(max_line_quantity=1000, max_order_lines=100):
     spec = APISpec(title="Orders API", version=VERSION, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
+    # what a JSON Schema can say beyond the fields themselves
+    extra = {"ProductChanges": {"minProperties": 1}}
     for name, schema in (("Error", ErrorSchema), ("Order", OrderSchema), ("OrderPage", OrderPageSchema),
                          ("Product", ProductSchema), ("ProductList", ProductListSchema),
                          ("Health", HealthSchema), ("Readiness", ReadinessSchema),
                          ("PlaceOrder", place_order_schema(max_line_quantity, max_order_lines)),
                          ("CancelOrder", CancelOrderSchema), ("NewProduct", NewProductSchema),
                          ("ProductChanges", ProductChangesSchema), ("Restock", RestockSchema)):
-        spec.components.schema(name, schema=schema)
+        spec.components.schema(name, extra.get(name), schema=schema)
     for name, (_, description) in ERRORS.items():
         spec.components.response(name, _json({"$ref": "#/components/schemas/Error"}, description))
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer",
