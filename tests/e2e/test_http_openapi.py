@@ -20,12 +20,14 @@ from scripts.seed import DEMO_CATALOGUE
 ADMIN_TOKEN = "test-admin-token"
 ST = os.path.join(os.path.dirname(sys.executable), "st")
 # Bounded: a few examples per operation and phase keeps the run well under a minute.
-SCHEMATHESIS_MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "30"))
+SCHEMATHESIS_MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "20"))
 SCHEMATHESIS_SEED = os.environ.get("SCHEMATHESIS_SEED", "20261125")
 CHECKS = os.environ.get("SCHEMATHESIS_CHECKS") or ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance,negative_data_rejection,"
           "unsupported_method")
-PHASES = os.environ.get("SCHEMATHESIS_PHASES", "examples,coverage,fuzzing,stateful")
+# The stateful phase (chains of calls along the document's links) runs on
+# SQLite only: PostgreSQL is there for what its column types refuse.
+PHASES = {"sqlite": "examples,coverage,fuzzing,stateful", "postgresql": "examples,coverage,fuzzing"}
 
 
 @pytest.fixture
@@ -114,13 +116,13 @@ def test_every_route_answers_as_the_document_says(api):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(api, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(api, tmp_path, backend):
     """Property-based run of the schemathesis CLI (pinned) against the live API."""
     started = time.monotonic()
     result = subprocess.run(
         [ST, "run", api.url("/openapi.json"),
          "--checks", CHECKS,
-         "--phases", PHASES,
+         "--phases", os.environ.get("SCHEMATHESIS_PHASES") or PHASES[backend],
          "--max-examples", str(SCHEMATHESIS_MAX_EXAMPLES),
          "--seed", SCHEMATHESIS_SEED,
          "--workers", "2",
