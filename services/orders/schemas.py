@@ -26,6 +26,7 @@ MAX_STOCK = 1_000_000_000
 MAX_RESTOCK = 1_000_000
 DEFAULT_PAGE_LIMIT = 20
 MAX_PAGE_LIMIT = 100
+MAX_CURSOR_LENGTH = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
@@ -123,8 +124,13 @@ def decode_cursor(cursor):
 
 
 class Cursor(fields.String):
+    """An empty cursor is no cursor (the first page), so ``cursor=$NEXT`` works in scripts."""
+
     def _deserialize(self, value, attr, data, **kwargs):
-        return decode_cursor(super()._deserialize(value, attr, data, **kwargs))
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_CURSOR_LENGTH:
+            raise ValidationError("Not a cursor this API gave out.")
+        return decode_cursor(text) if text else None
 
 
 class ListOrdersSchema(_Strict):
@@ -133,8 +139,9 @@ class ListOrdersSchema(_Strict):
     limit = fields.Integer(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT),
                            metadata={"description": "Orders per page (default {}, at most {})."
                                      .format(DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)})
-    cursor = Cursor(validate=validate.Length(max=200), metadata={
-        "description": "The next_cursor of the previous page; omit for the first (newest) page."})
+    cursor = Cursor(metadata={
+        "maxLength": MAX_CURSOR_LENGTH,
+        "description": "The next_cursor of the previous page; omit (or leave empty) for the first page."})
 
 
 class CancelOrderSchema(_Strict):

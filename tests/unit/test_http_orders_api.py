@@ -175,3 +175,8 @@ def test_the_document_carries_the_configured_limits():
     line = doc["components"]["schemas"]["Line"]
     assert (line["properties"]["quantity"]["minimum"], line["properties"]["quantity"]["maximum"]) == (1, 7)
     assert doc["components"]["schemas"]["Error"]["required"] == ["details", "error", "message"]
+
+
+def test_an_empty_cursor_is_the_first_page():
+    from services.orders.schemas import ListOrdersSchema
+    assert ListOrdersSchema().load({"cursor": ""}) == {"cursor": None, "limit": 20}
