@@ -59,3 +59,20 @@ def price_lines(lines, catalogue):
         priced.append({"sku": line["sku"], "name": name, "quantity": line["quantity"],
                        "unit_price": unit_price, "line_total": unit_price * line["quantity"]})
     return priced, sum(line["line_total"] for line in priced)
+
+
+# Totals are stored in a 32-bit integer column (cents).
+MAX_ORDER_TOTAL = 2**31 - 1
+
+
+class TotalTooLarge(Exception):
+    def __init__(self, total):
+        super().__init__("The order total {} exceeds the largest accepted total {}.".format(total, MAX_ORDER_TOTAL))
+        self.total = total
+
+
+def check_total(total):
+    """Refuse a total the books cannot hold rather than fail on storing it."""
+    if total > MAX_ORDER_TOTAL:
+        raise TotalTooLarge(total)
+    return total

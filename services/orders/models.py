@@ -67,3 +67,22 @@ class OutboxMessage(OutboxMixin, OrdersBase):
 
 class ProcessedEvent(ProcessedEventMixin, OrdersBase):
     pass
+
+
+class IdempotencyKey(OrdersBase):
+    """A client's ``Idempotency-Key`` and the answer its first request got.
+
+    The key is the primary key, so two racing requests with one key cannot
+    both insert it: the loser's transaction (and with it its order and its
+    ``order_created`` event) is rolled back, and it answers with the winner's
+    stored response instead.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key = Column(String(255), primary_key=True)
+    request_hash = Column(String(64), nullable=False)
+    order_id = Column(String(36), ForeignKey("orders.id"), nullable=False)
+    status_code = Column(Integer, nullable=False)
+    response = Column(JSON, nullable=False)
+    created_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, index=True)

@@ -1,17 +1,67 @@
-"""What orders accepts (HTTP and RPC), what it returns, and the events it reads."""
-from services.common.schema import UtcDateTime
+"""What orders accepts (HTTP and RPC), what it returns, and the events it reads.
+
+The same classes validate requests and generate the OpenAPI document
+(``openapi.py``), so the published contract cannot drift from the checks.
+"""
+import base64
+import binascii
+import json
+import re
+from datetime import datetime, timezone
+
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from services.common.schema import UtcDateTime
 
 from . import domain
 
-SKU = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                      error="Use 1-64 letters, digits, '.', '_' or '-'.")
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SKU = validate.Regexp(SKU_PATTERN, error="Use 1-64 letters, digits, '.', '_' or '-'.")
+_SKU = re.compile(SKU_PATTERN)
+
+# Money is integer cents. The caps keep every total within a 32-bit column:
+# MAX_PRICE x MAX_LINE_QUANTITY x MAX_ORDER_LINES is checked by the domain.
+MAX_PRICE = 100_000_000
+MAX_STOCK = 1_000_000_000
+MAX_RESTOCK = 1_000_000
+DEFAULT_PAGE_LIMIT = 20
+MAX_PAGE_LIMIT = 100
+MAX_CURSOR_LENGTH = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
-class _LineSchema(Schema):
+def is_sku(value):
+    return isinstance(value, str) and bool(_SKU.match(value))
+
+
+def _no_control_characters(value):
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValidationError("Control characters are not allowed.")
+
+
+def Text(max_length, **kwargs):
+    """Free text a person typed: 1..max_length characters, no control characters."""
+    return fields.String(validate=[validate.Length(1, max_length), _no_control_characters], **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON ``true``/``false``: ``1`` or ``"yes"`` are refused, as the schema says."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class _Strict(Schema):
     class Meta:
         unknown = RAISE
 
+
+# requests -----------------------------------------------------------------------
+
+
+class _LineSchema(_Strict):
     sku = fields.String(required=True, validate=SKU)
     quantity = fields.Integer(required=True, strict=True)
 
@@ -27,13 +77,12 @@ def place_order_schema(max_quantity=1000, max_lines=100):
         quantity = fields.Integer(required=True, strict=True,
                                   validate=validate.Range(min=1, max=max_quantity))
 
-    class PlaceOrderSchema(Schema):
-        class Meta:
-            unknown = RAISE
-
+    class PlaceOrderSchema(_Strict):
         customer_email = fields.Email(required=True, validate=validate.Length(max=254))
         lines = fields.List(fields.Nested(LineSchema), required=True,
-                            validate=validate.Length(min=1, max=max_lines))
+                            validate=validate.Length(min=1, max=max_lines),
+                            metadata={"description": "Each sku at most once per order "
+                                                     "(a repeated sku is refused, not merged)."})
 
         @validates_schema
         def no_repeated_sku(self, data, **kwargs):
@@ -46,44 +95,168 @@ def place_order_schema(max_quantity=1000, max_lines=100):
     return PlaceOrderSchema()
 
 
-class ListOrdersSchema(Schema):
-    class Meta:
-        unknown = RAISE
+class IdempotencyHeaderSchema(_Strict):
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key", validate=validate.Regexp(
+            IDEMPOTENCY_KEY_PATTERN, error="Use 1-255 visible ASCII characters."),
+        metadata={"description": "Makes a retried POST safe: the same key with the same body "
+                                 "returns the first answer; with another body it is a 409."})
 
+
+def encode_cursor(created_at, order_id):
+    """An opaque position after the order (created_at, id) in newest-first order."""
+    if created_at.tzinfo is None:  # SQLite hands back naive UTC
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    raw = json.dumps([created_at.isoformat(), order_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor):
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, order_id = json.loads(raw)
+        created_at = datetime.fromisoformat(created_at)
+        if created_at.tzinfo is None or not isinstance(order_id, str) or len(order_id) > 36:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise ValidationError("Not a cursor this API gave out.") from None
+    return created_at.astimezone(timezone.utc), order_id
+
+
+class Cursor(fields.String):
+    """An empty cursor is no cursor (the first page), so ``cursor=$NEXT`` works in scripts."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_CURSOR_LENGTH:
+            raise ValidationError("Not a cursor this API gave out.")
+        return decode_cursor(text) if text else None
+
+
+class ListOrdersSchema(_Strict):
     status = fields.String(validate=validate.OneOf(domain.STATUSES))
-    customer_email = fields.Email()
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    customer_email = fields.Email(validate=validate.Length(max=254))
+    limit = fields.Integer(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT),
+                           metadata={"description": "Orders per page (default {}, at most {})."
+                                     .format(DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)})
+    cursor = Cursor(metadata={
+        "maxLength": MAX_CURSOR_LENGTH,
+        "description": "The next_cursor of the previous page; omit (or leave empty) for the first page."})
+
+
+class CancelOrderSchema(_Strict):
+    reason = Text(200, load_default="cancelled by request")
+
+
+class NewProductSchema(_Strict):
+    sku = fields.String(required=True, validate=SKU)
+    name = Text(200, required=True)
+    price = fields.Integer(required=True, strict=True, validate=validate.Range(0, MAX_PRICE),
+                           metadata={"description": "Unit price in cents."})
+    stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(0, MAX_STOCK),
+                           metadata={"description": "Units on hand to start with."})
+
+
+class ProductChangesSchema(_Strict):
+    name = Text(200)
+    price = fields.Integer(strict=True, validate=validate.Range(0, MAX_PRICE),
+                           metadata={"description": "Unit price in cents."})
+    active = StrictBoolean(metadata={"description": "Whether the product can be ordered."})
+
+    @validates_schema
+    def something_to_change(self, data, **kwargs):
+        if not data:
+            raise ValidationError(["Give at least one of name, price, active."], "_schema")
+
+
+class RestockSchema(_Strict):
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_RESTOCK),
+                              metadata={"description": "Units added to the stock on hand."})
+
+
+class EmptyQuerySchema(_Strict):
+    """Routes without query parameters refuse any, so a typo is not silently ignored."""
+
+
+# responses (every field is always present, so all are marked required) ---------------
 
 
 class OrderLineSchema(Schema):
-    sku = fields.String()
-    name = fields.String()
-    quantity = fields.Integer()
-    unit_price = fields.Integer()
-    line_total = fields.Method("get_line_total")
+    sku = fields.String(required=True)
+    name = fields.String(required=True)
+    quantity = fields.Integer(required=True)
+    unit_price = fields.Integer(required=True, metadata={"description": "Cents, at placement."})
+    line_total = fields.Method("get_line_total", required=True, metadata={"type": "integer"})
 
     def get_line_total(self, line):
         return line.quantity * line.unit_price
 
 
 class StatusChangeSchema(Schema):
-    from_status = fields.String(data_key="from", allow_none=True)
-    to_status = fields.String(data_key="to")
-    reason = fields.String(allow_none=True)
-    at = UtcDateTime()
+    from_status = fields.String(data_key="from", allow_none=True, required=True)
+    to_status = fields.String(data_key="to", required=True)
+    reason = fields.String(allow_none=True, required=True)
+    at = UtcDateTime(required=True)
+
+
+class RejectionReasonSchema(Schema):
+    sku = fields.String(required=True)
+    reason = fields.String(required=True)
+    requested = fields.Integer(allow_none=True)
+    available = fields.Integer(allow_none=True)
 
 
 class OrderSchema(Schema):
-    id = fields.String()
-    status = fields.String()
-    customer_email = fields.String()
-    lines = fields.List(fields.Nested(OrderLineSchema))
-    total = fields.Integer()
-    reasons = fields.Raw(allow_none=True)
-    correlation_id = fields.String(allow_none=True)
-    created_at = UtcDateTime()
-    updated_at = UtcDateTime()
-    history = fields.List(fields.Nested(StatusChangeSchema))
+    id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(domain.STATUSES))
+    customer_email = fields.String(required=True)
+    lines = fields.List(fields.Nested(OrderLineSchema), required=True)
+    total = fields.Integer(required=True, metadata={"description": "Cents."})
+    reasons = fields.List(fields.Nested(RejectionReasonSchema), allow_none=True, required=True,
+                          metadata={"description": "Why stock was refused (rejected orders only)."})
+    correlation_id = fields.String(allow_none=True, required=True)
+    created_at = UtcDateTime(required=True)
+    updated_at = UtcDateTime(required=True)
+    history = fields.List(fields.Nested(StatusChangeSchema), required=True)
+
+
+class OrderPageSchema(Schema):
+    orders = fields.List(fields.Nested(OrderSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True,
+                                metadata={"description": "Pass as ?cursor= for the next page; null on the last."})
+
+
+class ProductSchema(Schema):
+    sku = fields.String(required=True)
+    name = fields.String(required=True)
+    price = fields.Integer(required=True, metadata={"description": "Cents."})
+    on_hand = fields.Integer(required=True)
+    reserved = fields.Integer(required=True)
+    available = fields.Integer(required=True)
+    active = fields.Boolean(required=True)
+    version = fields.Integer(required=True)
+
+
+class ProductListSchema(Schema):
+    products = fields.List(fields.Nested(ProductSchema), required=True)
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "Stable code, e.g. invalid_input."})
+    message = fields.String(required=True, metadata={"description": "For people; may change."})
+    details = fields.Dict(required=True, metadata={
+        "description": "What went wrong where, usually {field: [messages]}; {} when nothing to add."})
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    service = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "not_ready"]))
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={
+        "description": "broker, database, inventory: 'ok' or what failed."})
 
 
 # Events from inventory that orders consumes.

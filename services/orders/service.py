@@ -5,33 +5,43 @@ prices (from orders' own copy of the catalogue) and an ``order_created``
 event in the outbox. Inventory answers by event; the order becomes confirmed
 or rejected when that answer arrives, whenever that is.
 """
+import hashlib
+import json
 import logging
 import uuid
+from datetime import timedelta, timezone
 
 from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko_tracer import Tracer
-from sqlalchemy import select
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
-from services.common.events import parse_event
+from services.common.events import parse_event, utcnow
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy
 
 from . import domain
-from .api import HttpApi
-from .models import CatalogueItem, Order, OrderLine, OrdersBase, OutboxMessage, ProcessedEvent, StatusChange
+from .api import HttpApi, ReadinessRpcProxy
+from .models import (
+    CatalogueItem, IdempotencyKey, Order, OrderLine, OrdersBase, OutboxMessage, ProcessedEvent, StatusChange,
+)
 from .schemas import (
     ListOrdersSchema, OrderSchema, ProductChangedSchema, StockRejectedSchema, StockReservedSchema,
-    place_order_schema,
+    encode_cursor, place_order_schema,
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
+IDEMPOTENCY_PURGE_INTERVAL = 300
 
 order_schema = OrderSchema()
 order_event_schema = OrderSchema(exclude=("history",))
@@ -44,6 +54,7 @@ class OrdersService(HttpApi, DeadLetterRpc):
     db = ServiceDatabase(OrdersBase)
     outbox = Outbox(OrdersBase, OutboxMessage)
     inventory = TimedRpcProxy("inventory")
+    inventory_ping = ReadinessRpcProxy("inventory")
     correlation_id = CorrelationId()
     tracer = Tracer()
 
@@ -62,7 +73,7 @@ class OrdersService(HttpApi, DeadLetterRpc):
         query = {key: value for key, value in
                  (("status", status), ("customer_email", customer_email), ("limit", limit))
                  if value is not None}
-        return self.find_orders(self.load(ListOrdersSchema(), query))
+        return self.find_orders(self.load(ListOrdersSchema(), query))["orders"]
 
     @rpc(expected_exceptions=(NotFound, Conflict))
     def cancel_order(self, order_id, reason="cancelled by request"):
@@ -99,49 +110,133 @@ class OrdersService(HttpApi, DeadLetterRpc):
             raise validation_error(exc) from None
 
     def place_order(self, body):
-        data = self.load(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
-                                            int(self.config.get("MAX_ORDER_LINES", 100))), body)
         with self.db.get_session() as session:
-            skus = [line["sku"] for line in data["lines"]]
-            catalogue = {
-                item.sku: (item.name, item.price)
-                for item in session.scalars(
-                    select(CatalogueItem).where(CatalogueItem.sku.in_(skus), CatalogueItem.active.is_(True)))
-            }
-            try:
-                priced, total = domain.price_lines(data["lines"], catalogue)
-            except domain.UnknownProducts as exc:
-                raise InvalidInput(str(exc), details={"lines": ["Unknown sku: {}".format(sku)
-                                                                 for sku in exc.skus]}) from None
-            order = Order(id=str(uuid.uuid4()), customer_email=data["customer_email"],
-                          status=domain.PENDING, total=total, correlation_id=self.correlation_id)
-            order.lines = [OrderLine(position=index, sku=line["sku"], name=line["name"],
-                                     quantity=line["quantity"], unit_price=line["unit_price"])
-                           for index, line in enumerate(priced)]
-            order.history = [StatusChange(from_status=None, to_status=domain.PENDING, reason="placed")]
-            session.add(order)
-            self.outbox.add(session, "order_created", {
-                "order_id": order.id, "customer_email": order.customer_email, "total": total,
-                "lines": [{"sku": line["sku"], "quantity": line["quantity"],
-                           "unit_price": line["unit_price"]} for line in priced],
-            })
-            session.flush()
-            result = order_schema.dump(order)
-        log.info("order %s placed (%d lines, total %d)", order.id, len(priced), total)
-        return result
+            order = self._create_order(session, self._order_request(body))
+        _log_placed(order)
+        return order
+
+    def _order_request(self, body):
+        return self.load(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
+                                            int(self.config.get("MAX_ORDER_LINES", 100))), body)
+
+    def place_order_once(self, body, key):
+        """``place_order`` behind an idempotency key: ``(status, order, replayed)``.
+
+        The key row is written in the order's own transaction, so either both
+        the order (with its ``order_created`` event) and the key exist or
+        neither does. A request racing one with the same key blocks on the
+        key's primary key until the first commits, fails to insert it, rolls
+        back everything it wrote and answers with the stored response.
+        """
+        data = self._order_request(body)
+        fingerprint = hashlib.sha256(
+            json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        cutoff = utcnow() - timedelta(seconds=self._idempotency_ttl())
+        with self.db.get_session() as session:
+            stored = self._stored_answer(session, key, fingerprint, cutoff)
+        if stored is not None:
+            return stored
+        try:
+            with self.db.get_session() as session:
+                # an expired key is free again (a bulk delete: a racing twin
+                # may already have removed it)
+                session.execute(delete(IdempotencyKey).where(
+                    IdempotencyKey.key == key, IdempotencyKey.created_at < cutoff))
+                order = self._create_order(session, data)
+                session.add(IdempotencyKey(key=key, request_hash=fingerprint, order_id=order["id"],
+                                           status_code=202, response=order))
+                session.flush()
+        except IntegrityError:
+            with self.db.get_session() as session:
+                stored = self._stored_answer(session, key, fingerprint, cutoff)
+            if stored is None:
+                raise
+            log.info("order request with idempotency key answered by order %s", stored[1]["id"])
+            return stored
+        _log_placed(order)
+        return 202, order, False
+
+    def _stored_answer(self, session, key, fingerprint, cutoff):
+        record = session.get(IdempotencyKey, key)
+        if record is None or _as_utc(record.created_at) < cutoff:
+            return None
+        if record.request_hash != fingerprint:
+            raise Conflict("This Idempotency-Key was used with a different body.",
+                           details={"Idempotency-Key": ["Already used for order {} with another body."
+                                                        .format(record.order_id)]})
+        return record.status_code, record.response, True
+
+    def _idempotency_ttl(self):
+        return float(self.config.get("IDEMPOTENCY_KEY_TTL") or DEFAULT_IDEMPOTENCY_KEY_TTL)
+
+    @timer(interval=IDEMPOTENCY_PURGE_INTERVAL)
+    def purge_idempotency_keys(self):
+        """Forget keys older than IDEMPOTENCY_KEY_TTL (expired keys are ignored anyway)."""
+        cutoff = utcnow() - timedelta(seconds=self._idempotency_ttl())
+        with self.db.get_session() as session:
+            removed = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)).rowcount
+        if removed:
+            log.info("forgot %d expired idempotency keys", removed)
+        return removed
+
+    def _create_order(self, session, data):
+        """The order, its lines at today's prices and its ``order_created`` event, in ``session``."""
+        skus = [line["sku"] for line in data["lines"]]
+        catalogue = {
+            item.sku: (item.name, item.price)
+            for item in session.scalars(
+                select(CatalogueItem).where(CatalogueItem.sku.in_(skus), CatalogueItem.active.is_(True)))
+        }
+        try:
+            priced, total = domain.price_lines(data["lines"], catalogue)
+            domain.check_total(total)
+        except domain.UnknownProducts as exc:
+            raise InvalidInput(str(exc), details={"lines": ["Unknown sku: {}".format(sku)
+                                                             for sku in exc.skus]}) from None
+        except domain.TotalTooLarge as exc:
+            raise InvalidInput(str(exc), details={"lines": [str(exc)]}) from None
+        order = Order(id=str(uuid.uuid4()), customer_email=data["customer_email"],
+                      status=domain.PENDING, total=total, correlation_id=self.correlation_id)
+        order.lines = [OrderLine(position=index, sku=line["sku"], name=line["name"],
+                                 quantity=line["quantity"], unit_price=line["unit_price"])
+                       for index, line in enumerate(priced)]
+        order.history = [StatusChange(from_status=None, to_status=domain.PENDING, reason="placed")]
+        session.add(order)
+        self.outbox.add(session, "order_created", {
+            "order_id": order.id, "customer_email": order.customer_email, "total": total,
+            "lines": [{"sku": line["sku"], "quantity": line["quantity"],
+                       "unit_price": line["unit_price"]} for line in priced],
+        })
+        session.flush()
+        return order_schema.dump(order)
 
     def read_order(self, order_id):
         with self.db.get_session() as session:
             return order_schema.dump(self._order(session, order_id))
 
     def find_orders(self, query):
+        """A page of orders, newest first, and the cursor of the next page.
+
+        Keyset pagination on (created_at, id): a page starts strictly after
+        the last row of the previous one, so orders added meanwhile (all newer
+        than any cursor) can neither push a row onto two pages nor hide one.
+        """
+        limit = query["limit"]
         with self.db.get_session() as session:
-            statement = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(query["limit"])
+            statement = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
             if "status" in query:
                 statement = statement.where(Order.status == query["status"])
             if "customer_email" in query:
                 statement = statement.where(Order.customer_email == query["customer_email"])
-            return order_schema.dump(session.scalars(statement).all(), many=True)
+            if query.get("cursor"):
+                created_at, order_id = query["cursor"]
+                statement = statement.where(or_(
+                    Order.created_at < created_at,
+                    and_(Order.created_at == created_at, Order.id < order_id)))
+            rows = session.scalars(statement).all()
+            page = rows[:limit]
+            next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+            return {"orders": order_schema.dump(page, many=True), "next_cursor": next_cursor}
 
     def change_status(self, order_id, status, reason):
         """Move an order to ``status`` and announce it, in one transaction."""
@@ -219,3 +314,11 @@ class OrdersService(HttpApi, DeadLetterRpc):
         elif version > item.version:
             item.name, item.price = product["name"], product["price"]
             item.active, item.version = product.get("active", True), version
+
+
+def _log_placed(order):
+    log.info("order %s placed (%d lines, total %d)", order["id"], len(order["lines"]), order["total"])
+
+
+def _as_utc(moment):
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

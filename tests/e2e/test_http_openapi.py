@@ -1,0 +1,135 @@
+"""The OpenAPI document against the live service.
+
+First every route is called with real requests and each real response is
+checked against what the document promises for that operation and status;
+then schemathesis generates requests from the document (valid and invalid)
+and fails on any 5xx or any response the document does not describe.
+"""
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+import schemathesis
+
+from scripts.seed import DEMO_CATALOGUE
+
+ADMIN_TOKEN = "test-admin-token"
+ST = os.path.join(os.path.dirname(sys.executable), "st")
+# Bounded: a few examples per operation and phase keeps the run well under a minute.
+SCHEMATHESIS_MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "20"))
+SCHEMATHESIS_SEED = os.environ.get("SCHEMATHESIS_SEED", "20261125")
+CHECKS = os.environ.get("SCHEMATHESIS_CHECKS") or ("not_a_server_error,status_code_conformance,content_type_conformance,"
+          "response_headers_conformance,response_schema_conformance,negative_data_rejection,"
+          "unsupported_method")
+# The stateful phase (chains of calls along the document's links) runs on
+# SQLite only: PostgreSQL is there for what its column types refuse.
+PHASES = {"sqlite": "examples,coverage,fuzzing,stateful", "postgresql": "examples,coverage,fuzzing"}
+
+
+@pytest.fixture
+def api(system):
+    system.env["ADMIN_TOKEN"] = ADMIN_TOKEN
+    system.start("inventory", "orders")
+    # the document's examples name the demo catalogue's skus
+    system.create_products(("DOC-1", "Documented thing", 250, 100), *DEMO_CATALOGUE)
+    yield system
+    for service, instance in list(system.processes):  # a throwaway system: no graceful stop needed
+        system.kill(service, instance)
+
+
+def _conforms(spec, method, path_template, response):
+    """Validate one real response against the document; return its status.
+
+    A 405 is checked against the 405 documented on the path's first operation
+    (the method that got it is, by definition, not documented there).
+    """
+    item = spec.raw_schema["paths"][path_template]
+    if method.lower() not in item:
+        assert response.status_code == 405
+        method = next(iter(item))
+    operation = spec[path_template][method.upper()]
+    operation.validate_response(response)
+    documented = item[method.lower()]["responses"]
+    assert str(response.status_code) in documented, (method, path_template, response.status_code,
+                                                      response.text)
+    assert response.headers["Content-Type"].startswith("application/json") or response.status_code == 204
+    return response.status_code
+
+
+def test_every_route_answers_as_the_document_says(api):
+    doc = requests.get(api.url("/openapi.json"), timeout=10).json()
+    spec = schemathesis.openapi.from_dict(doc)
+    admin = {"Authorization": "Bearer " + ADMIN_TOKEN}
+    url = api.url
+    seen = []
+
+    def check(method, template, path, expected, **kwargs):
+        response = requests.request(method, url(path), timeout=10, **kwargs)
+        assert response.status_code == expected, (method, path, response.text)
+        _conforms(spec, method, template, response)
+        seen.append((method.lower(), template, expected))
+        return response.json()
+
+    order = check("POST", "/orders", "/orders", 202,
+                  json={"customer_email": "doc@example.com", "lines": [{"sku": "DOC-1", "quantity": 1}]},
+                  headers={"Idempotency-Key": uuid.uuid4().hex})
+    check("POST", "/orders", "/orders", 400, json={"customer_email": "x", "lines": []})
+    check("POST", "/orders", "/orders", 415, data="x", headers={"Content-Type": "text/plain"})
+    check("POST", "/orders", "/orders", 413, data="[" * 70000, headers={"Content-Type": "application/json"})
+    check("GET", "/orders", "/orders?limit=1", 200)
+    check("GET", "/orders", "/orders?limit=0", 400)
+    check("GET", "/orders/{order_id}", "/orders/" + order["id"], 200)
+    check("GET", "/orders/{order_id}", "/orders/" + str(uuid.uuid4()), 404)
+    check("POST", "/orders/{order_id}/cancel", "/orders/{}/cancel".format(order["id"]), 200,
+          json={"reason": "changed my mind"})
+    check("POST", "/orders/{order_id}/cancel", "/orders/{}/cancel".format(order["id"]), 409)
+    check("GET", "/products", "/products", 200)
+    check("GET", "/products/{sku}", "/products/DOC-1", 200)
+    check("GET", "/products/{sku}", "/products/NOPE", 404)
+    check("POST", "/products", "/products", 401, json={"sku": "DOC-2", "name": "n", "price": 1})
+    check("POST", "/products", "/products", 201, json={"sku": "DOC-2", "name": "Two", "price": 1},
+          headers=admin)
+    check("POST", "/products", "/products", 409, json={"sku": "DOC-2", "name": "Two", "price": 1},
+          headers=admin)
+    check("PATCH", "/products/{sku}", "/products/DOC-2", 200, json={"price": 5}, headers=admin)
+    check("PATCH", "/products/{sku}", "/products/DOC-2", 400, json={}, headers=admin)
+    check("POST", "/products/{sku}/restock", "/products/DOC-2/restock", 200, json={"quantity": 3},
+          headers=admin)
+    check("POST", "/products/{sku}/restock", "/products/DOC-9/restock", 404, json={"quantity": 3},
+          headers=admin)
+    check("GET", "/health", "/health", 200)
+    check("GET", "/ready", "/ready", 200)
+    check("GET", "/openapi.json", "/openapi.json", 200)
+    check("DELETE", "/orders", "/orders", 405)
+
+    documented = {(method, path) for path, item in doc["paths"].items()
+                  for method in item if method in ("get", "post", "patch", "put", "delete")}
+    assert documented == {(method, template) for method, template, _ in seen if method != "delete"}
+
+    api.stop("inventory")
+    check("GET", "/ready", "/ready", 503)
+    check("GET", "/products", "/products", 503)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(api, tmp_path, backend):
+    """Property-based run of the schemathesis CLI (pinned) against the live API."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [ST, "run", api.url("/openapi.json"),
+         "--checks", CHECKS,
+         "--phases", os.environ.get("SCHEMATHESIS_PHASES") or PHASES[backend],
+         "--max-examples", str(SCHEMATHESIS_MAX_EXAMPLES),
+         "--seed", SCHEMATHESIS_SEED,
+         "--workers", "2",
+         "--request-timeout", "10",
+         "--header", "Authorization: Bearer " + ADMIN_TOKEN,
+         "--no-color"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=170)
+    elapsed = time.monotonic() - started
+    print(result.stdout[-6000:], result.stderr[-2000:], "took {:.1f}s".format(elapsed))
+    assert result.returncode == 0, result.stdout[-12000:]

@@ -1,0 +1,182 @@
+"""The orders API's logic under worker_factory (real SQLite, no broker):
+idempotency keys, keyset pages with ties, the admin check, and the OpenAPI
+document covering every route with the configured limits."""
+import json
+from datetime import timedelta
+
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import update
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from services.common.errors import Conflict, InvalidInput
+from services.common.events import new_event, utcnow
+from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.orders import api as api_module
+from services.orders.models import IdempotencyKey, Order
+from services.orders.openapi import build_spec, openapi_document
+from services.orders.schemas import decode_cursor, encode_cursor
+from services.orders.service import OrdersService
+
+
+@pytest.fixture
+def orders(database, outbox):
+    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
+                             config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3,
+                                     "IDEMPOTENCY_KEY_TTL": 60, "ADMIN_TOKEN": "tok"})
+    service.correlation_id = "req-1"
+    service.update_catalogue(new_event("inventory", "product_changed", {
+        "sku": "A", "name": "Apple", "price": 150, "active": True, "version": 1}))
+    return service
+
+
+def body(quantity=1, email="ann@example.com"):
+    return {"customer_email": email, "lines": [{"sku": "A", "quantity": quantity}]}
+
+
+def test_the_same_key_and_body_replays_the_first_answer_without_a_second_order(orders, outbox):
+    status, first, replayed = orders.place_order_once(body(), "key-1")
+    assert (status, replayed) == (202, False)
+    # same content, other key order and spacing: the same request
+    assert orders.place_order_once({"lines": [{"quantity": 1, "sku": "A"}],
+                                    "customer_email": "ann@example.com"}, "key-1") == (202, first, True)
+    assert outbox.types() == ["order_created"]
+    assert len(orders.list_orders()) == 1
+
+
+def test_the_same_key_with_another_body_is_a_conflict(orders, outbox):
+    orders.place_order_once(body(1), "key-1")
+    with pytest.raises(Conflict) as error:
+        orders.place_order_once(body(2), "key-1")
+    assert "Idempotency-Key" in error.value.details
+    assert outbox.types() == ["order_created"]
+
+
+def test_an_invalid_body_is_refused_and_does_not_use_up_the_key(orders):
+    with pytest.raises(InvalidInput):
+        orders.place_order_once(body(99), "key-1")
+    assert orders.place_order_once(body(2), "key-1")[2] is False
+
+
+def test_expired_keys_are_free_again_and_purged(orders, outbox):
+    orders.place_order_once(body(1), "old")
+    orders.place_order_once(body(1), "fresh")
+    with orders.db.get_session() as session:
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.key == "old")
+                        .values(created_at=utcnow() - timedelta(seconds=61)))
+    status, order, replayed = orders.place_order_once(body(2), "old")
+    assert (status, replayed) == (202, False) and order["lines"][0]["quantity"] == 2
+
+    with orders.db.get_session() as session:
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.key == "fresh")
+                        .values(created_at=utcnow() - timedelta(seconds=61)))
+    assert orders.purge_idempotency_keys() == 1
+    with orders.db.get_session() as session:
+        assert [record.key for record in session.query(IdempotencyKey)] == ["old"]
+
+
+def test_totals_beyond_a_32_bit_column_are_refused(orders):
+    orders.update_catalogue(new_event("inventory", "product_changed", {
+        "sku": "GOLD", "name": "Gold", "price": 300_000_000, "active": True, "version": 1}))
+    with pytest.raises(InvalidInput) as error:
+        orders.create_order("ann@example.com", [{"sku": "GOLD", "quantity": 10}])
+    assert "lines" in error.value.details
+
+
+def test_pages_follow_created_at_then_id_even_when_timestamps_tie(orders):
+    ids = [orders.create_order("ann@example.com", [{"sku": "A", "quantity": 1}])["id"] for _ in range(7)]
+    same_moment = utcnow()
+    with orders.db.get_session() as session:  # five orders in the same microsecond
+        session.execute(update(Order).where(Order.id.in_(ids[1:6])).values(created_at=same_moment))
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 2, **({"cursor": decode_cursor(cursor)} if cursor else {})}
+        page = orders.find_orders(query)
+        seen += [order["id"] for order in page["orders"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 7
+    tied = [order_id for order_id in seen if order_id in ids[1:6]]
+    assert tied == sorted(ids[1:6], reverse=True)
+
+
+def test_cursors_are_opaque_round_trips_and_forgeries_are_refused():
+    moment = utcnow()
+    assert decode_cursor(encode_cursor(moment, "abc")) == (moment, "abc")
+    assert decode_cursor(encode_cursor(moment.replace(tzinfo=None), "abc")) == (moment, "abc")
+    from marshmallow import ValidationError
+    for forged in ("", "!!!", "bm90LWpzb24", "WzEsMl0", "WyIyMDI2LTAxLTAxIiwgImEiXQ"):
+        with pytest.raises(ValidationError):
+            decode_cursor(forged)
+
+
+def http_request(method="POST", path="/products", payload=None, authorization=None):
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return Request(EnvironBuilder(method=method, path=path, headers=headers, content_type="application/json",
+                                  data=json.dumps(payload or {})).get_environ())
+
+
+def test_admin_writes_need_the_configured_token_compared_in_constant_time(orders, monkeypatch):
+    compared = []
+    real = api_module.hmac.compare_digest
+    monkeypatch.setattr(api_module.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    product = {"sku": "B", "name": "Bean", "price": 5, "stock": 0}
+    orders.inventory.create_product.return_value = dict(product, on_hand=0, reserved=0, available=0,
+                                                        active=True, version=1)
+    for authorization in (None, "", "Bearer", "Bearer wrong", "Basic tok", "tok"):
+        with pytest.raises(Unauthorized):
+            orders.http_create_product(http_request(payload=product, authorization=authorization))
+    assert orders.inventory.create_product.call_count == 0
+    assert (b"wrong", b"tok") in compared
+    status, created, headers = orders.http_create_product(http_request(payload=product,
+                                                                       authorization="Bearer tok"))
+    assert (status, created["sku"], headers["Location"]) == (201, "B", "/products/B")
+    orders.inventory.create_product.assert_called_once_with("B", "Bean", 5, 0)
+
+    orders.config["ADMIN_TOKEN"] = ""
+    with pytest.raises(Forbidden):
+        orders.http_create_product(http_request(payload=product, authorization="Bearer tok"))
+
+
+def _routes():
+    """(method, OpenAPI path) of every @http entrypoint of the service."""
+    routes = set()
+    for name in dir(OrdersService):
+        for entrypoint in getattr(getattr(OrdersService, name), "nameko_entrypoints", ()):
+            if isinstance(entrypoint, JsonHttpHandler):
+                path = entrypoint.url.replace("<string:", "{").replace(">", "}")
+                routes |= {(method.lower(), path) for method in entrypoint.method.split(",")}
+    return routes
+
+
+def test_the_document_describes_every_route_and_only_those():
+    doc = build_spec().to_dict()
+    documented = {(method, path) for path, item in doc["paths"].items()
+                  for method in item if method in ("get", "post", "put", "patch", "delete")}
+    assert documented == _routes()
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            assert "405" in operation["responses"], (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413", "415"} <= set(operation["responses"]), (method, path)
+            if operation.get("security"):
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+def test_the_document_carries_the_configured_limits():
+    doc = openapi_document({"MAX_LINE_QUANTITY": 7, "MAX_ORDER_LINES": 2})
+    place = doc["components"]["schemas"]["PlaceOrder"]
+    assert place["properties"]["lines"]["maxItems"] == 2
+    assert place["additionalProperties"] is False
+    line = doc["components"]["schemas"]["Line"]
+    assert (line["properties"]["quantity"]["minimum"], line["properties"]["quantity"]["maximum"]) == (1, 7)
+    assert doc["components"]["schemas"]["Error"]["required"] == ["details", "error", "message"]
+
+
+def test_an_empty_cursor_is_the_first_page():
+    from services.orders.schemas import ListOrdersSchema
+    assert ListOrdersSchema().load({"cursor": ""}) == {"cursor": None, "limit": 20}
