@@ -86,6 +86,15 @@ class HttpTraceAdapter(TraceAdapter):
             summary["query"] = _cut(request.query_string.decode("latin-1"), MAX_ARGS_CHARS)
         return {"request": summary}, True
 
+    def set_exception(self, data, worker_ctx, exc_info):
+        super().set_exception(data, worker_ctx, exc_info)
+        # the status the client got: what JsonHttpHandler maps the error to
+        exc = exc_info[1]
+        status = getattr(exc, "status", None) or getattr(exc, "code", None)
+        if not isinstance(status, int):
+            status = 400 if type(exc).__name__ == "ValidationError" else 500
+        data[constants.RESPONSE_KEY] = {"status": status}
+
     def get_result(self, result):
         if hasattr(result, "status_code"):
             return {"status": result.status_code}
