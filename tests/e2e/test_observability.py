@@ -7,6 +7,7 @@ with prometheus_client's own text parser.
 import glob
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import eventually, free_port
-from tests.system import System
+from tests.system import ROOT, System
 
 EMAIL = "carol.customer@example.com"
 MASKED = "c***@example.com"
@@ -91,6 +92,36 @@ def test_one_request_id_is_in_every_services_traces_and_on_the_notification(obse
     # the hops happened in order
     assert placed["timestamp"] <= inventory["event", "reserve_stock"]["started_at"] \
         <= orders["event", "confirm_order"]["started_at"] <= notifications["event", "order_confirmed"]["started_at"]
+
+
+    # ./run.sh trace puts the same story together, from the databases and the trace files
+    for key in (request_id, order["id"]):
+        result = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), "trace", key, "--json"],
+                                env=system.env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        timeline = json.loads(result.stdout)
+        assert timeline["order"]["id"] == order["id"]
+        assert timeline["order"]["customer_email"] == MASKED
+        assert EMAIL not in result.stdout
+        hops = {(hop["event"], hop["to"]): hop for hop in timeline["hops"]}
+        assert set(hops) == {("order_created", "inventory.reserve_stock"),
+                             ("stock_reserved", "orders.confirm_order"),
+                             ("order_confirmed", "notifications.notify")}
+        for hop in hops.values():
+            assert hop["outbox_wait_ms"] >= 0 and hop["total_ms"] >= 0
+            assert isinstance(hop["delivery_ms"], float)
+        steps = timeline["steps"]
+        assert [step["at"] for step in steps] == sorted(step["at"] for step in steps)
+        assert {step["service"] for step in steps} == {"orders", "inventory", "notifications"}
+        traced = [step for step in steps if step["source"] == "trace"]
+        assert len(traced) == 4 and all(step["duration_ms"] is not None for step in traced)
+        assert any(step["what"] == "HTTP POST /orders -> 202" for step in traced)
+        assert any(step["what"].startswith("notification order_confirmed sent") for step in steps)
+
+    table = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), "trace", request_id],
+                           env=system.env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "hops" in table.stdout and "order_created" in table.stdout
 
 
 def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_everywhere(observed):
