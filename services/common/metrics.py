@@ -20,6 +20,7 @@ from weakref import WeakKeyDictionary
 
 import eventlet
 import eventlet.wsgi
+from amqp.exceptions import NotFound
 from kombu import Connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
@@ -199,9 +200,16 @@ class Metrics(DependencyProvider):
                         transport_options={"max_retries": 1}) as connection:
             channel = connection.channel()
             try:
-                waiting = channel.queue_declare(queue=queue_name, durable=True).message_count
+                # passive: only look; declaring with other arguments than the
+                # consumers use would break their own declaration
+                waiting = channel.queue_declare(queue=queue_name, passive=True).message_count
+            except NotFound:  # no message was ever dead-lettered here
+                waiting = 0
             finally:
-                channel.close()
+                try:
+                    channel.close()
+                except Exception:
+                    pass  # a failed passive declare already closed it
         family = GaugeMetricFamily("dead_letters_waiting",
                                    "Messages in the service's dead-letter queue.",
                                    labels=["service", "queue"])

@@ -7,11 +7,13 @@ with prometheus_client's own text parser.
 import glob
 import json
 import os
+import signal
 import subprocess
 import uuid
 
 import pytest
 import requests
+from nameko.standalone.events import event_dispatcher
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import eventually, free_port
@@ -33,7 +35,15 @@ def observed(service_config, tmp_path, request):
     running.log_path = log_dir
     running.metrics_ports = ports
     yield running
-    running.stop_all()
+    # all at once rather than one by one: each takes nameko a couple of seconds
+    processes = [running.processes.pop(key) for key in list(running.processes)]
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(running.logs())
@@ -215,6 +225,25 @@ def test_metrics_parse_and_move_when_orders_are_placed(observed):
     assert value(inventory, "inventory_reservations_by_status", status="rejected") == 1
     assert value(inventory, "outbox_waiting", service="inventory") == 0
     assert value(inventory, "dead_letters_waiting", queue="inventory.dead-letters") == 0
+
+    # a message no retry can fix goes to the dead letters, and the error is counted
+    dispatch = event_dispatcher(system.config)
+    dispatch("inventory", "stock_reserved", {"not": "an event"})
+
+    def dead_lettered():
+        found = scrape(orders_url)
+        return (value(found, "dead_letters_waiting", queue="orders.dead-letters") == 1
+                and value(found, "nameko_entrypoint_calls_total", entrypoint="confirm_order",
+                          outcome="error") == 1)
+
+    eventually(dead_lettered, message="a dead letter and a failed call counted")
+
+    # the trace tool reads the same databases
+    confirmed_id = placed[0].json()["id"]
+    result = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), "trace", confirmed_id, "--json"],
+                            env=system.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["hops"]) == 3
 
     notifications = scrape(notifications_url)
     assert value(notifications, "notifications_by_status", status="sent") == 3
