@@ -8,12 +8,13 @@ in the outboxes of orders and inventory (written, published) and the inboxes
 of the services that handled it (processed_events), the reservation
 (inventory) and the notifications. When trace files exist (``LOG_DIR``,
 default var/log) each entrypoint call with the same correlation id is added
-with its duration. Each hop is then timed: outbox wait (the row written to
-the broker's confirm being recorded) and delivery (that record to the
-handler's inbox row). The outbox records ``published_at`` only after the
-confirm, so a fast consumer can be seen handling an event a millisecond
-"before" it was published: delivery is then slightly negative, the total
-(written to handled) is always right.
+with its duration. Each hop (an event from its writer to a handler) is timed
+from the moment its outbox row was written: until the publish was recorded,
+until the handler started (from the traces) and until its effect was
+committed (the handler's inbox row). The outbox records ``published_at``
+after the broker's confirm and its own database write, so a fast consumer
+may start before that record: ``delivery_ms`` (publish recorded to handled)
+can then be negative, while the times from the row being written are exact.
 """
 import argparse
 import glob
@@ -126,6 +127,14 @@ def collect(config, order, log_dir):
         except Exception as exc:
             _warn("{} inbox not readable: {}".format(service, exc))
 
+    correlation_ids = {order["correlation_id"]} | {event["correlation_id"] for event in events}
+    lines = trace_lines(log_dir, correlation_ids - {None})
+    handler_calls = {}  # event id -> the traced handler call that succeeded
+    for line in lines:
+        event_id = (line.get("call") or {}).get("event_id")
+        if event_id and line.get("outcome") == "success":
+            handler_calls[event_id, line.get("service")] = line
+
     for event in events:
         steps.append(Step(event["created_at"], event["service"],
                           "event {} written to the outbox".format(event["type"])))
@@ -144,6 +153,10 @@ def collect(config, order, log_dir):
                 "delivery_ms": _ms(event["published_at"], delivery["at"]),
                 "total_ms": _ms(event["created_at"], delivery["at"]),
             })
+            call = handler_calls.get((event["event_id"], delivery["service"]))
+            if call is not None:
+                hops[-1]["handler_started_ms"] = _ms(event["created_at"], _utc(call.get("started_at")))
+                hops[-1]["handler_ms"] = call.get("duration_ms")
 
     try:
         with _session(config, "inventory", "InventoryBase") as session:
@@ -169,15 +182,14 @@ def collect(config, order, log_dir):
     except Exception as exc:
         _warn("notifications database not readable: {}".format(exc))
 
-    correlation_ids = {order["correlation_id"]} | {event["correlation_id"] for event in events}
-    steps += trace_steps(log_dir, correlation_ids - {None})
+    steps += trace_steps(lines)
     steps.sort(key=lambda step: step.at)
     return steps, hops
 
 
-def trace_steps(log_dir, correlation_ids):
-    """Entrypoint calls from the trace files that carry one of the ids."""
-    steps = []
+def trace_lines(log_dir, correlation_ids):
+    """The trace lines (dicts) of the files in ``log_dir`` that carry one of the ids."""
+    found = []
     for path in sorted(glob.glob(os.path.join(log_dir, "*.trace.log"))):
         with open(path, errors="replace") as stream:
             for raw in stream:
@@ -187,18 +199,25 @@ def trace_steps(log_dir, correlation_ids):
                     line = json.loads(raw)
                 except ValueError:
                     continue
-                if line.get("correlation_id") not in correlation_ids:
-                    continue
-                kind = {"event": "event handler"}.get(line.get("kind"), line.get("kind"))
-                what = "{} {}: {}".format(kind, line.get("entrypoint"), line.get("outcome"))
-                if line.get("call", {}).get("request"):
-                    request = line["call"]["request"]
-                    what = "HTTP {} {} -> {}".format(request.get("method"), request.get("path"),
-                                                     line.get("http_status"))
-                if line.get("exception_type"):
-                    what += " ({})".format(line["exception_type"])
-                steps.append(Step(line.get("started_at") or line["timestamp"], line.get("service"),
-                                  what, line.get("duration_ms"), source="trace"))
+                if line.get("correlation_id") in correlation_ids:
+                    found.append(line)
+    return found
+
+
+def trace_steps(lines):
+    """A step per traced entrypoint call, placed at its start, with its duration."""
+    steps = []
+    for line in lines:
+        kind = {"event": "event handler"}.get(line.get("kind"), line.get("kind"))
+        what = "{} {}: {}".format(kind, line.get("entrypoint"), line.get("outcome"))
+        request = (line.get("call") or {}).get("request")
+        if request:
+            what = "HTTP {} {} -> {}".format(request.get("method"), request.get("path"),
+                                             line.get("http_status"))
+        if line.get("exception_type"):
+            what += " ({})".format(line["exception_type"])
+        steps.append(Step(line.get("started_at") or line["timestamp"], line.get("service"),
+                          what, line.get("duration_ms"), source="trace"))
     return steps
 
 
@@ -223,13 +242,15 @@ def render(order, steps, hops, out):
             "+{:.1f} ms".format(_ms(start, step.at)), step.at.strftime("%H:%M:%S.%f")[:-3],
             step.service, step.what, took, mark), file=out)
     if hops:
-        print("\n  hops (outbox wait = commit to publish, delivery = publish to handled):", file=out)
+        print("\n  hops, timed from the event's outbox row being written:", file=out)
         for hop in hops:
-            print("    {event:<16} {frm:<10} -> {to:<34} outbox wait {wait:>8}  delivery {delivery:>8}  "
-                  "total {total:>8}".format(
-                      event=hop["event"], frm=hop["from"], to=hop["to"],
-                      wait=_fmt(hop["outbox_wait_ms"]), delivery=_fmt(hop["delivery_ms"]),
-                      total=_fmt(hop["total_ms"])), file=out)
+            details = ["publish recorded +{}".format(_fmt(hop["outbox_wait_ms"]))]
+            if "handler_started_ms" in hop:
+                details.append("handler started +{}, ran {}".format(
+                    _fmt(hop["handler_started_ms"]), _fmt(hop["handler_ms"])))
+            print("    {event:<16} {frm:<10} -> {to:<30} handled +{total:>9}  ({details})".format(
+                event=hop["event"], frm=hop["from"], to=hop["to"], total=_fmt(hop["total_ms"]),
+                details="; ".join(details)), file=out)
     if len(steps) > 1:
         print("\n  first to last step: {} ms".format(_ms(steps[0].at, steps[-1].at)), file=out)
 
@@ -250,7 +271,7 @@ def main(argv=None, out=sys.stdout):
 
     orders = find_orders(config, args.key)
     if not orders:
-        steps = sorted(trace_steps(args.log_dir, {args.key}), key=lambda step: step.at)
+        steps = sorted(trace_steps(trace_lines(args.log_dir, {args.key})), key=lambda step: step.at)
         if not steps:
             print("no order and no trace with id {}".format(args.key), file=sys.stderr)
             return 1

@@ -120,6 +120,7 @@ def test_one_request_id_is_in_every_services_traces_and_on_the_notification(obse
         for hop in hops.values():
             assert hop["outbox_wait_ms"] >= 0 and hop["total_ms"] >= 0
             assert isinstance(hop["delivery_ms"], float)
+            assert hop["handler_started_ms"] >= 0 and hop["handler_ms"] > 0  # from the trace files
         steps = timeline["steps"]
         assert [step["at"] for step in steps] == sorted(step["at"] for step in steps)
         assert {step["service"] for step in steps} == {"orders", "inventory", "notifications"}
