@@ -200,6 +200,7 @@ def test_metrics_parse_and_move_when_orders_are_placed(observed):
     assert value(before, "outbox_waiting", service="orders") == 0
     assert value(before, "dead_letters_waiting", queue="orders.dead-letters") == 0
 
+    assert system.place_order(EMAIL, [("OBS-3", 0)]).status_code == 400
     placed = [system.place_order(EMAIL, [("OBS-3", 1)]) for _ in range(3)]  # the third is rejected
     assert [response.status_code for response in placed] == [202, 202, 202]
     for response in placed:
@@ -213,6 +214,8 @@ def test_metrics_parse_and_move_when_orders_are_placed(observed):
     assert value(after, "nameko_entrypoint_duration_seconds_count", **success) == 3
     assert value(after, "nameko_entrypoint_duration_seconds_bucket", le="+Inf", **success) == 3
     assert value(after, "nameko_entrypoint_duration_seconds_sum", **success) > 0
+    assert value(after, "nameko_entrypoint_calls_total", entrypoint="http_place_order",
+                 outcome="expected_error") == 1  # the client's mistake, told apart from ours
     assert value(after, "nameko_entrypoint_calls_total", entrypoint="confirm_order") == 2
     assert value(after, "nameko_entrypoint_calls_total", entrypoint="reject_order") == 1
     assert value(after, "orders_by_status", status="confirmed") == 2
