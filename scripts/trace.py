@@ -23,9 +23,10 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from sqlalchemy import Text, cast, create_engine, or_, select
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
+from services.common.db import make_engine
 from services.common.masking import mask, mask_text
 from services.common.settings import load_config
 
@@ -54,8 +55,7 @@ class Step:
 
 
 def _session(config, service, base):
-    uri = config["DB_URIS"]["{}:{}".format(service, base)]
-    return Session(create_engine(uri))
+    return Session(make_engine(config["DB_URIS"]["{}:{}".format(service, base)], max_workers=1))
 
 
 def _warn(message):
@@ -99,7 +99,7 @@ def collect(config, order, log_dir):
     from services.inventory.models import OutboxMessage as InventoryOutbox
     from services.inventory.models import ProcessedEvent as InventoryInbox
     from services.inventory.models import Reservation
-    from services.notifications.models import Notification
+    from services.notifications.models import DeliveryAttempt, Notification
     from services.notifications.models import ProcessedEvent as NotificationsInbox
     from services.orders.models import OutboxMessage as OrdersOutbox
     from services.orders.models import ProcessedEvent as OrdersInbox
@@ -175,10 +175,20 @@ def collect(config, order, log_dir):
         with _session(config, "notifications", "NotificationsBase") as session:
             for note in session.scalars(select(Notification).where(
                     Notification.order_id == order["id"]).order_by(Notification.id)):
-                steps.append(Step(note.sent_at or note.created_at, "notifications",
-                                  "notification {} {} via {} to {}".format(
-                                      note.event_type, note.status, note.channel,
-                                      mask_text(note.recipient))))
+                name = "notification {} via {} to {}".format(
+                    note.event_type, note.channel, mask_text(note.address or note.recipient))
+                steps.append(Step(note.created_at, "notifications", name + ": recorded"))
+                for attempt in session.scalars(select(DeliveryAttempt).where(
+                        DeliveryAttempt.notification_id == note.id).order_by(DeliveryAttempt.number)):
+                    steps.append(Step(attempt.at, "notifications", "{}: attempt {} {}{}".format(
+                        name, attempt.number, attempt.outcome,
+                        " ({})".format(mask_text(attempt.error)) if attempt.error else ""),
+                        attempt.duration_ms))
+                if note.sent_at is not None:
+                    steps.append(Step(note.sent_at, "notifications", name + ": sent"))
+                elif note.status not in ("queued", "sending"):
+                    steps.append(Step(note.updated_at, "notifications",
+                                      "{}: {}".format(name, note.status)))
     except Exception as exc:
         _warn("notifications database not readable: {}".format(exc))
 
