@@ -18,6 +18,7 @@ A second SIGTERM skips the wait.
 import logging
 import os
 import signal
+import weakref
 
 import eventlet
 from nameko.extensions import DependencyProvider
@@ -28,11 +29,42 @@ TIMEOUT_KEY = "SHUTDOWN_TIMEOUT"
 DEFAULT_TIMEOUT = 20
 KILL_GRACE = 5  # seconds a kill may take before the process just exits
 
+# One SIGTERM handler per process, in front of ``nameko run``'s own; it tells
+# every running GracefulShutdown. It holds no reference to any container, so
+# containers of other runners (tests) come and go without being kept alive.
+_running = weakref.WeakSet()
+_nameko_handler = None
+_signals_seen = 0
+
+
+def _on_sigterm(signum, frame):
+    # runs in the hub's main loop: only spawn here, never block or wait
+    global _signals_seen
+    _signals_seen += 1
+    for provider in list(_running):
+        provider.terminating(again=_signals_seen > 1)
+    if _signals_seen == 1 and _nameko_handler is not None:
+        _nameko_handler(signum, frame)  # nameko run's: stop the runner gracefully
+
+
+def _install():
+    """Put ``_on_sigterm`` in front of ``nameko run``'s handler; False elsewhere."""
+    global _nameko_handler
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is _on_sigterm:
+            return True
+        if getattr(current, "__module__", None) != "nameko.cli.run":
+            return False  # not under `nameko run` (tests, other runners): leave signals alone
+        _nameko_handler = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        return True
+    except ValueError:  # not the main thread
+        return False
+
 
 class GracefulShutdown(DependencyProvider):
     def __init__(self):
-        self._previous = None
-        self._handler = None
         self._timer = None
         self._terminating = False
 
@@ -40,29 +72,19 @@ class GracefulShutdown(DependencyProvider):
         self.timeout = float(self.container.config.get(TIMEOUT_KEY, DEFAULT_TIMEOUT))
 
     def start(self):
-        try:
-            self._previous = signal.getsignal(signal.SIGTERM)
-            self._handler = self._on_sigterm
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (some test runners): no signals here
-            self._handler = None
+        if _install():
+            _running.add(self)
 
     def stop(self):
-        if self._timer is not None and not self._terminating:
-            self._timer.kill()
-        self._restore()
+        _running.discard(self)
 
     def kill(self):
-        self._restore()
+        _running.discard(self)
+        if self._timer is not None:
+            self._timer.kill()
 
-    def _restore(self):
-        if self._handler is not None and signal.getsignal(signal.SIGTERM) == self._handler:
-            signal.signal(signal.SIGTERM, self._previous)
-        self._handler = None
-
-    def _on_sigterm(self, signum, frame):
-        # runs in the hub's main loop: only spawn here, never block or wait
-        if self._terminating:
+    def terminating(self, again=False):
+        if again or self._terminating:
             log.warning("second SIGTERM: killing %s now", self.container.service_name)
             eventlet.spawn_n(self._kill_now)
             return
@@ -70,10 +92,6 @@ class GracefulShutdown(DependencyProvider):
         log.info("SIGTERM: stopping %s; running workers have %ss to finish",
                  self.container.service_name, self.timeout)
         self._timer = eventlet.spawn(self._deadline)
-        if callable(self._previous):
-            self._previous(signum, frame)  # nameko run's handler: stop the runner
-        else:
-            eventlet.spawn_n(self.container.stop)
 
     def _deadline(self):
         eventlet.sleep(self.timeout)
@@ -84,11 +102,12 @@ class GracefulShutdown(DependencyProvider):
         self._kill_now()
 
     def _kill_now(self):
-        eventlet.spawn_n(self.container.kill)
+        container = self.container
+        eventlet.spawn_n(container.kill)
         eventlet.sleep(KILL_GRACE)
-        if not self._stopped():
+        if not container._died.ready():
             log.error("%s did not die within %ss of being killed; exiting",
-                      self.container.service_name, KILL_GRACE)
+                      container.service_name, KILL_GRACE)
             logging.shutdown()
             os._exit(1)
 

@@ -147,3 +147,15 @@ def test_a_worker_that_outlives_the_shutdown_timeout_is_killed_and_its_message_r
         eventually(lambda: ("start", "long", str(second.pid)) in service.naps(), timeout=15,
                    message="the unfinished call delivered again")
     assert "killing its workers" in service.log()
+
+
+def test_outside_nameko_run_the_signal_handlers_are_left_alone(container_factory, rabbit_config, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("NAP_LOG", str(tmp_path / "naps.log"))
+    before = signal.getsignal(signal.SIGTERM)
+    for _ in range(2):  # containers come and go, as in the integration tests
+        container = container_factory(SleepyService, rabbit_config)
+        container.start()
+        assert signal.getsignal(signal.SIGTERM) is before
+        container.stop()
+    assert signal.getsignal(signal.SIGTERM) is before
