@@ -1,15 +1,24 @@
 """Emails never reach logs or traces whole, and trace lines stay summaries."""
+import io
 import json
 import logging
+import os
 from datetime import datetime
 from types import SimpleNamespace
 
-from nameko_tracer import constants
+import eventlet
+from nameko.timer import timer
+from nameko_tracer import Tracer, constants
+
+from services.common.correlation import CorrelationId
+from services.common.settings import load_config
 
 from services.common.masking import MaskEmails, mask, mask_text
 from services.common.tracing import (
     HttpTraceAdapter, TraceAdapter, TraceFilter, TraceFormatter, service_name_from_argv, trace_line,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_mask_text_keeps_first_letter_and_domain_only():
@@ -143,3 +152,46 @@ def test_service_name_comes_from_the_nameko_run_arguments(monkeypatch):
     assert service_name_from_argv(argv) == "inventory"
     monkeypatch.setenv("SERVICE_NAME", "billing")
     assert service_name_from_argv(argv) == "billing"
+
+
+class Ticker:
+    """A timer-driven service, traced the way config.yaml sets the real ones up."""
+
+    name = "ticker"
+    tracer = Tracer()
+    correlation_id = CorrelationId()
+    ticks = []
+
+    @timer(interval=0.05)
+    def tick(self):
+        self.ticks.append(self.correlation_id)
+        if len(self.ticks) == 2:
+            raise RuntimeError("bad tick for zed@example.net")
+
+
+def test_timer_calls_get_one_masked_line_each_with_their_own_correlation_id(container_factory):
+    config = load_config(os.path.join(ROOT, "config.yaml"))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TraceFormatter())
+    handler.addFilter(TraceFilter())
+    tracer_logger = logging.getLogger("nameko_tracer")
+    tracer_logger.addHandler(handler)
+    tracer_logger.setLevel(logging.INFO)
+    try:
+        container = container_factory(Ticker, {"TRACER": config["TRACER"]})
+        container.start()
+        with eventlet.Timeout(5):
+            while len(stream.getvalue().splitlines()) < 2:
+                eventlet.sleep(0.02)
+        container.stop()
+    finally:
+        tracer_logger.removeHandler(handler)
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()[:2]]
+    assert (first["kind"], first["entrypoint"], first["outcome"]) == ("timer", "tick", "success")
+    assert (second["outcome"], second["exception_type"]) == ("error", "RuntimeError")
+    assert second["exception"] == "bad tick for z***@example.net"
+    assert "zed@example.net" not in second["traceback"]
+    assert first["correlation_id"] == Ticker.ticks[0] and second["correlation_id"] == Ticker.ticks[1]
+    assert first["correlation_id"] != second["correlation_id"]
+    assert "call" not in first  # nothing to summarise
