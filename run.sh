@@ -6,6 +6,7 @@
 #   ./run.sh seed       add the demo catalogue if the catalogue is empty
 #   ./run.sh dlq list|replay SERVICE   inspect or replay a service's dead letters
 #   ./run.sh shell      nameko shell against the running services
+#   ./run.sh trace ID   an order's timeline across the services (order id or X-Request-ID)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -118,6 +119,8 @@ case "$cmd" in
         setup_venv; ensure_broker; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
     shell)
         setup_venv; ensure_broker; exec "$VENV/bin/nameko" shell --config "$CONFIG" ;;
+    trace)
+        setup_venv; exec "$PY" -m scripts.trace "$@" --config "$CONFIG" ;;
     *)
-        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell]"; exit 2 ;;
+        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell|trace]"; exit 2 ;;
 esac

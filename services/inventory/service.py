@@ -18,6 +18,8 @@ from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
 from services.common.events import parse_event, utcnow
+from services.common.metrics import Metrics
+from services.common.shutdown import GracefulShutdown
 from services.common.outbox import Outbox
 
 from . import domain
@@ -48,6 +50,11 @@ class InventoryService(DeadLetterRpc):
     outbox = Outbox(InventoryBase, OutboxMessage)
     correlation_id = CorrelationId()
     tracer = Tracer()
+    metrics = Metrics(InventoryBase, outbox=OutboxMessage, counts=[(
+        "inventory_reservations_by_status",
+        "Reservation decisions by status: reserved, rejected, released, cancelled.",
+        Reservation.status)])
+    shutdown = GracefulShutdown()
 
     # catalogue --------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
 from services.common.events import parse_event, utcnow
+from services.common.metrics import Metrics
+from services.common.shutdown import GracefulShutdown
 
 from . import domain
 from .models import Notification, NotificationsBase, Preference, ProcessedEvent
@@ -59,6 +61,9 @@ class NotificationsService(DeadLetterRpc):
     sender = Sender(NotificationsBase)
     correlation_id = CorrelationId()
     tracer = Tracer()
+    metrics = Metrics(NotificationsBase, counts=[
+        ("notifications_by_status", "Notifications by status.", Notification.status)])
+    shutdown = GracefulShutdown()
 
     # events -----------------------------------------------------------------------
 

@@ -196,6 +196,13 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
                       "503": _json(ref("Readiness"), "Not ready; checks says what fails."),
                       **_errors(*COMMON)},
     }})
+    spec.path(path="/metrics", operations={"get": {
+        "operationId": "metrics", "tags": ["operations"],
+        "summary": "Prometheus metrics of this process (docs/observability.md).",
+        "responses": {"200": {"description": "Prometheus text exposition format 0.0.4.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      **_errors(*COMMON)},
+    }})
     spec.path(path="/openapi.json", operations={"get": {
         "operationId": "openapi", "tags": ["operations"],
         "summary": "This document.",

@@ -25,6 +25,8 @@ from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
 from services.common.events import parse_event, utcnow
+from services.common.metrics import Metrics, MetricsHttp
+from services.common.shutdown import GracefulShutdown
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy
 
@@ -47,7 +49,7 @@ order_schema = OrderSchema()
 order_event_schema = OrderSchema(exclude=("history",))
 
 
-class OrdersService(HttpApi, DeadLetterRpc):
+class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
     name = "orders"
 
     config = Config()
@@ -57,6 +59,9 @@ class OrdersService(HttpApi, DeadLetterRpc):
     inventory_ping = ReadinessRpcProxy("inventory")
     correlation_id = CorrelationId()
     tracer = Tracer()
+    metrics = Metrics(OrdersBase, outbox=OutboxMessage,
+                      counts=[("orders_by_status", "Orders by status.", Order.status)])
+    shutdown = GracefulShutdown()
 
     # RPC ----------------------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""Services stopped (SIGTERM) and killed (SIGKILL) while orders stream in.
+
+Whatever moment a process dies at, every order placed must end confirmed or
+rejected, stock must add up (on hand = available + reserved, and reserved is
+exactly what confirmed orders hold) and every order gets one notification.
+"""
+import collections
+import random
+import signal
+import threading
+import time
+import uuid
+
+import requests
+from sqlalchemy import create_engine, text
+
+from tests.helpers import eventually
+
+STOCK = {"KILL-A": 150, "KILL-B": 90}
+
+
+class OrderStream(threading.Thread):
+    """Places orders over HTTP until stopped, whatever state orders is in."""
+
+    def __init__(self, system):
+        super().__init__(daemon=True)
+        self.system = system
+        self.accepted = []
+        self.refused = 0
+        self.running = True
+        self.random = random.Random(6)
+
+    def run(self):
+        while self.running:
+            lines = [(sku, self.random.randint(1, 3)) for sku in STOCK if self.random.random() < 0.7]
+            try:
+                response = self.system.place_order("k{}@example.com".format(uuid.uuid4().hex[:6]),
+                                                   lines or [("KILL-A", 1)])
+                if response.status_code == 202:
+                    self.accepted.append(response.json()["id"])
+                else:
+                    self.refused += 1
+            except requests.RequestException:
+                self.refused += 1  # orders is down; the client would retry later
+            time.sleep(0.05)
+
+
+def test_orders_survive_services_being_stopped_and_killed_mid_stream(system):
+    system.start()
+    system.create_products(*[(sku, sku, 100, stock) for sku, stock in STOCK.items()])
+    stream = OrderStream(system)
+    stream.start()
+    try:
+        for service, sig in [("inventory", signal.SIGTERM), ("notifications", signal.SIGKILL),
+                             ("orders", signal.SIGTERM), ("inventory", signal.SIGKILL),
+                             ("orders", signal.SIGKILL)]:
+            time.sleep(0.7)
+            code = system.stop(service, sig=sig, timeout=15)
+            assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), (service, code)
+            time.sleep(0.3)  # orders keep coming (or being refused) while it is down
+            system.start(service)
+        time.sleep(0.7)
+    finally:
+        stream.running = False
+        stream.join(10)
+    assert len(stream.accepted) > 20
+
+    orders_db = create_engine(system.config["DB_URIS"]["orders:OrdersBase"])
+
+    def all_final():
+        with orders_db.connect() as connection:
+            statuses = dict(connection.execute(text("SELECT id, status FROM orders")).all())
+        return statuses if statuses and "pending" not in statuses.values() else None
+
+    statuses = eventually(all_final, timeout=60, interval=0.5, message="every order final")
+    assert set(stream.accepted) <= set(statuses)
+    assert set(statuses.values()) <= {"confirmed", "rejected"}
+    assert "confirmed" in statuses.values() and "rejected" in statuses.values()
+
+    with orders_db.connect() as connection:
+        confirmed = dict(connection.execute(text(
+            "SELECT l.sku, SUM(l.quantity) FROM order_lines l JOIN orders o ON o.id = l.order_id "
+            "WHERE o.status = 'confirmed' GROUP BY l.sku")).all())
+    with system.rpc() as proxy:
+        for sku, on_hand in STOCK.items():
+            stock = proxy.inventory.get_stock(sku)
+            assert stock["on_hand"] == on_hand
+            assert stock["on_hand"] == stock["available"] + stock["reserved"]
+            assert stock["reserved"] == confirmed.get(sku, 0), (sku, stock, confirmed)
+
+        def notified():
+            notes = proxy.notifications.list_notifications(limit=1000)
+            return notes if len(notes) >= len(statuses) else None
+
+        notes = eventually(notified, timeout=30, message="a notification per order")
+    assert sorted(note["order_id"] for note in notes) == sorted(statuses)  # one each, none twice
+    assert all(note["event_type"] == "order_" + statuses[note["order_id"]] for note in notes)
+    orders_db.dispose()
+    print("{} orders accepted, {} refused while orders was down; {}".format(
+        len(stream.accepted), stream.refused, sorted(collections.Counter(statuses.values()).items())))
+
+    # all three at once, as a host shutting down would: each exits cleanly
+    processes = [system.processes.pop(key) for key in list(system.processes)]
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    assert [process.wait(15) for process in processes] == [0, 0, 0]

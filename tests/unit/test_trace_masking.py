@@ -1,0 +1,197 @@
+"""Emails never reach logs or traces whole, and trace lines stay summaries."""
+import io
+import json
+import logging
+import os
+from datetime import datetime
+from types import SimpleNamespace
+
+import eventlet
+from nameko.timer import timer
+from nameko_tracer import Tracer, constants
+
+from services.common.correlation import CorrelationId
+from services.common.settings import load_config
+
+from services.common.masking import MaskEmails, mask, mask_text
+from services.common.tracing import (
+    HttpTraceAdapter, TraceAdapter, TraceFilter, TraceFormatter, service_name_from_argv, trace_line,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_mask_text_keeps_first_letter_and_domain_only():
+    assert mask_text("to ann.lee+x@example.co.uk now") == "to a***@example.co.uk now"
+    assert mask_text("a@b.io and zed@mail.example.com") == "a***@b.io and z***@mail.example.com"
+    assert mask_text("no address @ here, user@localhost") == "no address @ here, user@localhost"
+
+
+def test_mask_walks_nested_data_keys_included():
+    data = {"customer_email": "bob@example.com",
+            "lines": [{"note": "call bob@example.com"}], "bob@example.com": 1, "n": 3}
+    assert mask(data) == {"customer_email": "b***@example.com",
+                          "lines": [{"note": "call b***@example.com"}], "b***@example.com": 1, "n": 3}
+
+
+def test_plain_log_records_are_masked_in_message_args_and_traceback():
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "order for %s failed", ("eve@example.org",), None)
+    try:
+        raise ValueError("bad address eve@example.org")
+    except ValueError:
+        import sys
+        record.exc_info = sys.exc_info()
+    assert MaskEmails().filter(record)
+    text = logging.Formatter().format(record)
+    assert "eve@example.org" not in text
+    assert "order for e***@example.org failed" in text
+    assert "bad address e***@example.org" in text
+
+
+def _trace(stage=constants.Stage.response, **extra):
+    data = {
+        constants.TIMESTAMP_KEY: datetime(2026, 11, 25, 12, 0, 1),
+        constants.SERVICE_NAME_KEY: "orders",
+        constants.ENTRYPOINT_TYPE_KEY: "ReliableEventHandler",
+        constants.ENTRYPOINT_NAME_KEY: "confirm_order",
+        constants.CONTEXT_DATA_KEY: {"correlation_id": "req-1", "user_agent": "x"},
+        constants.CALL_ID_KEY: "orders.confirm_order.1",
+        constants.CALL_ID_STACK_KEY: ["orders.http_place_order.0", "orders.confirm_order.1"],
+        constants.STAGE_KEY: stage.value,
+        constants.REQUEST_KEY: {"body": {"customer_email": "ann@example.com", "lines": [1] * 400}},
+        constants.REQUEST_REDACTED_KEY: False,
+    }
+    if stage == constants.Stage.response:
+        data[constants.RESPONSE_TIME_KEY] = 0.25
+        data[constants.RESPONSE_STATUS_KEY] = "success"
+    data.update(extra)
+    return data
+
+
+def _record(data):
+    record = logging.LogRecord("nameko_tracer", logging.INFO, __file__, 1, "trace", (), None)
+    setattr(record, constants.TRACE_KEY, data)
+    return record
+
+
+def test_trace_line_has_the_fields_people_search_by_and_no_full_body():
+    line = json.loads(TraceFormatter().format(_record(_trace())))
+    assert line["service"] == "orders"
+    assert line["entrypoint"] == "confirm_order"
+    assert line["kind"] == "event"
+    assert line["correlation_id"] == "req-1"
+    assert line["call_id"] == "orders.confirm_order.1"
+    assert line["duration_ms"] == 250.0
+    assert line["outcome"] == "success"
+    assert line["started_at"] == "2026-11-25T12:00:00.750000Z"
+    assert line["timestamp"] == "2026-11-25T12:00:01Z"
+    text = json.dumps(line)
+    assert "ann@example.com" not in text
+    assert len(line["call"]["summary"]) < 400  # cut short, not the whole body
+    assert "user_agent" not in text
+
+
+def test_trace_line_on_error_names_the_exception_and_masks_its_message():
+    data = _trace(**{constants.RESPONSE_STATUS_KEY: "error",
+                     constants.EXCEPTION_TYPE_KEY: "InvalidInput",
+                     constants.EXCEPTION_VALUE_KEY: "bad email zoe@example.net",
+                     constants.EXCEPTION_EXPECTED_KEY: True,
+                     constants.EXCEPTION_TRACEBACK_KEY: "Traceback ... zoe@example.net"})
+    line = trace_line(data)
+    assert line["outcome"] == "error"
+    assert line["exception_type"] == "InvalidInput"
+    assert line["exception"] == "bad email z***@example.net"
+    assert "traceback" not in line  # expected errors are the caller's fault, not ours
+
+    data[constants.EXCEPTION_EXPECTED_KEY] = False
+    assert trace_line(data)["traceback"] == "Traceback ... z***@example.net"
+
+
+def test_filter_keeps_one_line_per_call_and_skips_noise():
+    keep = TraceFilter()
+    assert keep.filter(_record(_trace()))
+    assert not keep.filter(_record(_trace(stage=constants.Stage.request)))
+    both = TraceFilter(stages="request,response", skip=["confirm_order"])
+    assert not both.filter(_record(_trace()))
+    assert TraceFilter(stages="request, response").filter(_record(_trace(stage=constants.Stage.request)))
+
+
+def _worker(entrypoint_type, *args, **kwargs):
+    entrypoint = type(entrypoint_type, (), {"method_name": "m"})()
+    return SimpleNamespace(entrypoint=entrypoint, args=args, kwargs=kwargs)
+
+
+def test_adapters_record_an_events_identity_not_its_data():
+    adapter = TraceAdapter(logging.getLogger("t"), extra={})
+    body = {"id": "ev-1", "type": "order_created", "source": "orders",
+            "data": {"customer_email": "ann@example.com"}}
+    call, summarised = adapter.get_call_args(_worker("EventHandler", body))
+    assert call == {"event_id": "ev-1", "event_type": "order_created", "source": "orders"}
+    assert summarised
+    assert adapter.get_result({"anything": "ann@example.com"}) is None
+
+    call, _ = adapter.get_call_args(_worker("Rpc", "x" * 1000, limit=5))
+    assert len(call["summary"]) < 400
+
+
+def test_http_adapter_never_reads_the_body():
+    from werkzeug.test import EnvironBuilder
+    request = EnvironBuilder(method="POST", path="/orders", query_string="a=1",
+                             data=b'{"customer_email": "ann@example.com"}',
+                             content_type="application/json").get_request()
+    adapter = HttpTraceAdapter(logging.getLogger("t"), extra={})
+    call, _ = adapter.get_call_args(_worker("JsonHttpHandler", request))
+    assert call == {"request": {"method": "POST", "path": "/orders", "content_length": 37, "query": "a=1"}}
+    assert request.get_data() == b'{"customer_email": "ann@example.com"}'  # still there for the handler
+    assert adapter.get_result((202, {"id": 1})) == {"status": 202}
+
+
+def test_service_name_comes_from_the_nameko_run_arguments(monkeypatch):
+    monkeypatch.delenv("SERVICE_NAME", raising=False)
+    argv = ["nameko", "run", "--config", "config.yaml", "services.inventory.service:InventoryService"]
+    assert service_name_from_argv(argv) == "inventory"
+    monkeypatch.setenv("SERVICE_NAME", "billing")
+    assert service_name_from_argv(argv) == "billing"
+
+
+class Ticker:
+    """A timer-driven service, traced the way config.yaml sets the real ones up."""
+
+    name = "ticker"
+    tracer = Tracer()
+    correlation_id = CorrelationId()
+    ticks = []
+
+    @timer(interval=0.05)
+    def tick(self):
+        self.ticks.append(self.correlation_id)
+        if len(self.ticks) == 2:
+            raise RuntimeError("bad tick for zed@example.net")
+
+
+def test_timer_calls_get_one_masked_line_each_with_their_own_correlation_id(container_factory):
+    config = load_config(os.path.join(ROOT, "config.yaml"))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TraceFormatter())
+    handler.addFilter(TraceFilter())
+    tracer_logger = logging.getLogger("nameko_tracer")
+    tracer_logger.addHandler(handler)
+    tracer_logger.setLevel(logging.INFO)
+    try:
+        container = container_factory(Ticker, {"TRACER": config["TRACER"]})
+        container.start()
+        with eventlet.Timeout(5):
+            while len(stream.getvalue().splitlines()) < 2:
+                eventlet.sleep(0.02)
+        container.stop()
+    finally:
+        tracer_logger.removeHandler(handler)
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()[:2]]
+    assert (first["kind"], first["entrypoint"], first["outcome"]) == ("timer", "tick", "success")
+    assert (second["outcome"], second["exception_type"]) == ("error", "RuntimeError")
+    assert second["exception"] == "bad tick for z***@example.net"
+    assert "zed@example.net" not in second["traceback"]
+    assert first["correlation_id"] == Ticker.ticks[0] and second["correlation_id"] == Ticker.ticks[1]
+    assert first["correlation_id"] != second["correlation_id"]
+    assert "call" not in first  # nothing to summarise
