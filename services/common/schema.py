@@ -1,7 +1,9 @@
 """Marshmallow pieces every service's schemas use."""
 from datetime import timezone
 
-from marshmallow import fields
+from marshmallow import ValidationError, fields
+
+from .errors import validation_error
 
 
 class UtcDateTime(fields.DateTime):
@@ -11,3 +13,11 @@ class UtcDateTime(fields.DateTime):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return super()._serialize(value, attr, obj, **kwargs)
+
+
+def load_input(schema, data):
+    """``schema.load(data)``, or InvalidInput naming each field that is wrong."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None

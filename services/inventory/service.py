@@ -6,7 +6,6 @@ never waits for inventory to be up.
 """
 import logging
 
-from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
@@ -16,17 +15,23 @@ from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
-from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
+from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics
-from services.common.shutdown import GracefulShutdown
 from services.common.outbox import Outbox
+from services.common.schema import load_input
+from services.common.shutdown import GracefulShutdown
 
 from . import domain
 from .models import InventoryBase, OutboxMessage, ProcessedEvent, Product, Reservation
 from .schemas import (
-    NewProductSchema, OrderCancelledSchema, OrderCreatedSchema, ProductChangedSchema,
-    ProductChangesSchema, ProductSchema, QuantitySchema,
+    NewProductSchema,
+    OrderCancelledSchema,
+    OrderCreatedSchema,
+    ProductChangedSchema,
+    ProductChangesSchema,
+    ProductSchema,
+    QuantitySchema,
 )
 
 log = logging.getLogger(__name__)
@@ -34,12 +39,6 @@ log = logging.getLogger(__name__)
 product_schema = ProductSchema()
 product_changed_schema = ProductChangedSchema()
 
-
-def _load(schema, data):
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
 
 
 class InventoryService(DeadLetterRpc):
@@ -60,7 +59,7 @@ class InventoryService(DeadLetterRpc):
 
     @rpc(expected_exceptions=(InvalidInput, Conflict))
     def create_product(self, sku, name, price, stock=0):
-        data = _load(NewProductSchema(), {"sku": sku, "name": name, "price": price, "stock": stock})
+        data = load_input(NewProductSchema(), {"sku": sku, "name": name, "price": price, "stock": stock})
         with self.db.get_session() as session:
             if session.get(Product, data["sku"]) is not None:
                 raise Conflict("Product {} already exists.".format(data["sku"]),
@@ -74,7 +73,7 @@ class InventoryService(DeadLetterRpc):
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def update_product(self, sku, **changes):
         """Change name, price or active; orders learns of it by event."""
-        data = _load(ProductChangesSchema(), changes)
+        data = load_input(ProductChangesSchema(), changes)
         with self.db.get_session() as session:
             product = self._product(session, sku, for_update=True)
             if any(getattr(product, key) != value for key, value in data.items()):
@@ -97,7 +96,7 @@ class InventoryService(DeadLetterRpc):
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def restock(self, sku, quantity):
-        quantity = _load(QuantitySchema(), {"quantity": quantity})["quantity"]
+        quantity = load_input(QuantitySchema(), {"quantity": quantity})["quantity"]
         with self.db.get_session() as session:
             self._product(session, sku)
             session.execute(

@@ -10,7 +10,6 @@ with no provider set up.
 """
 import logging
 
-from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
@@ -21,17 +20,22 @@ from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
-from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
+from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics
+from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 
 from . import domain
 from .models import Notification, NotificationsBase, Preference, ProcessedEvent
 from .rendering import Renderer
 from .schemas import (
-    ListNotificationsSchema, NotificationIdSchema, NotificationSchema, OrderEventSchema,
-    PreferencesOutSchema, PreferencesSchema,
+    ListNotificationsSchema,
+    NotificationIdSchema,
+    NotificationSchema,
+    OrderEventSchema,
+    PreferencesOutSchema,
+    PreferencesSchema,
 )
 from .sender import Sender
 
@@ -41,12 +45,6 @@ notification_schema = NotificationSchema()
 preferences_schema = PreferencesOutSchema()
 renderer = Renderer()
 
-
-def _load(schema, data):
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
 
 
 def _preference_key(email):
@@ -111,7 +109,7 @@ class NotificationsService(DeadLetterRpc):
 
     @rpc(expected_exceptions=InvalidInput)
     def list_notifications(self, order_id=None, recipient=None, status=None, limit=100, channel=None):
-        query = _load(ListNotificationsSchema(), {"order_id": order_id, "recipient": recipient,
+        query = load_input(ListNotificationsSchema(), {"order_id": order_id, "recipient": recipient,
                                                   "status": status, "channel": channel, "limit": limit})
         statement = (select(Notification).options(selectinload(Notification.attempts))
                      .order_by(Notification.id).limit(query["limit"]))
@@ -123,14 +121,14 @@ class NotificationsService(DeadLetterRpc):
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def get_notification(self, notification_id):
-        notification_id = _load(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
+        notification_id = load_input(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
         with self.db.get_session() as session:
             return notification_schema.dump(self._notification(session, notification_id))
 
     @rpc(expected_exceptions=(InvalidInput, NotFound, Conflict))
     def retry_notification(self, notification_id):
         """Queue a failed notification again, with a fresh set of attempts."""
-        notification_id = _load(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
+        notification_id = load_input(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
         with self.db.get_session() as session:
             notification = self._notification(session, notification_id, for_update=True)
             try:
@@ -148,7 +146,7 @@ class NotificationsService(DeadLetterRpc):
 
     @rpc(expected_exceptions=InvalidInput)
     def set_preferences(self, customer_email, channels, phone=None, device_token=None):
-        data = _load(PreferencesSchema(), {"customer_email": customer_email, "channels": channels,
+        data = load_input(PreferencesSchema(), {"customer_email": customer_email, "channels": channels,
                                            "phone": phone, "device_token": device_token})
         key = _preference_key(data["customer_email"])
         with self.db.get_session() as session:
@@ -166,7 +164,7 @@ class NotificationsService(DeadLetterRpc):
     @rpc(expected_exceptions=InvalidInput)
     def get_preferences(self, customer_email):
         """The customer's choices; without any, the default (email only, ``updated_at`` null)."""
-        data = _load(PreferencesSchema(only=("customer_email",)), {"customer_email": customer_email})
+        data = load_input(PreferencesSchema(only=("customer_email",)), {"customer_email": customer_email})
         key = _preference_key(data["customer_email"])
         with self.db.get_session() as session:
             preference = session.get(Preference, key)

@@ -6,7 +6,6 @@ plugin), with the limits the running service was configured with, so the
 document and the checks cannot disagree. Rules a JSON Schema cannot say (a
 sku at most once per order) are in descriptions.
 """
-import copy
 import functools
 import json
 

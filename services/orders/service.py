@@ -11,7 +11,6 @@ import logging
 import uuid
 from datetime import timedelta, timezone
 
-from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
@@ -23,21 +22,34 @@ from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
-from services.common.errors import Conflict, InvalidInput, NotFound, validation_error
+from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics, MetricsHttp
-from services.common.shutdown import GracefulShutdown
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy
+from services.common.schema import load_input
+from services.common.shutdown import GracefulShutdown
 
 from . import domain
 from .api import HttpApi, ReadinessRpcProxy
 from .models import (
-    CatalogueItem, IdempotencyKey, Order, OrderLine, OrdersBase, OutboxMessage, ProcessedEvent, StatusChange,
+    CatalogueItem,
+    IdempotencyKey,
+    Order,
+    OrderLine,
+    OrdersBase,
+    OutboxMessage,
+    ProcessedEvent,
+    StatusChange,
 )
 from .schemas import (
-    ListOrdersSchema, OrderSchema, ProductChangedSchema, StockRejectedSchema, StockReservedSchema,
-    encode_cursor, place_order_schema,
+    ListOrdersSchema,
+    OrderSchema,
+    ProductChangedSchema,
+    StockRejectedSchema,
+    StockReservedSchema,
+    encode_cursor,
+    place_order_schema,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +90,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         query = {key: value for key, value in
                  (("status", status), ("customer_email", customer_email), ("limit", limit))
                  if value is not None}
-        return self.find_orders(self.load(ListOrdersSchema(), query))["orders"]
+        return self.find_orders(load_input(ListOrdersSchema(), query))["orders"]
 
     @rpc(expected_exceptions=(NotFound, Conflict))
     def cancel_order(self, order_id, reason="cancelled by request"):
@@ -107,13 +119,6 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
 
     # the order lifecycle (shared by RPC and HTTP) -------------------------------
 
-    @staticmethod
-    def load(schema, data):
-        try:
-            return schema.load(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-
     def place_order(self, body):
         with self.db.get_session() as session:
             order = self._create_order(session, self._order_request(body))
@@ -121,7 +126,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         return order
 
     def _order_request(self, body):
-        return self.load(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
+        return load_input(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
                                             int(self.config.get("MAX_ORDER_LINES", 100))), body)
 
     def place_order_once(self, body, key):

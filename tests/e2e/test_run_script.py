@@ -3,7 +3,6 @@ prefixed logs, seeds the demo catalogue once, and stops them all on SIGTERM."""
 import os
 import signal
 import subprocess
-import time
 
 import requests
 

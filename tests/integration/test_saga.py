@@ -7,7 +7,6 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 
-from services.common.events import new_event
 from services.common.outbox import Outbox
 from tests.helpers import eventually
 
