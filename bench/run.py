@@ -255,6 +255,9 @@ def run_baseline(args, work):
                 load.pop("ids", None)
                 procs["loadgen"] = {"cpu_s": load["cpu_s"], "cpu_pct": round(100 * load["cpu_s"] / args.duration, 1),
                                     "peak_rss_mb": load["peak_rss_mb"]}
+                for figures in procs.values():
+                    if load["ok"] and "cpu_s" in figures:
+                        figures["cpu_ms_per_request"] = round(1000 * figures["cpu_s"] / load["ok"], 2)
                 entry = {"level": level_name(level), "mode": level["mode"], "value": level["value"],
                          "http": load, "processes": procs}
                 results.append(entry)
@@ -418,13 +421,19 @@ def run_system(args, work, instances):
             for level in levels(args):
                 meter.start()
                 load = run_load(url, body_file, level, args.duration, collect_ids=True)
-                procs = meter.stop()
                 ids = load.pop("ids")
                 found = completion.wait(ids, DRAIN_TIMEOUT)
+                # measured until the level's orders are done, so that CPU per
+                # completed order counts all the work they caused
+                procs = meter.stop()
                 procs["loadgen"] = {"cpu_s": load["cpu_s"], "cpu_pct": round(100 * load["cpu_s"] / args.duration, 1),
                                     "peak_rss_mb": load["peak_rss_mb"]}
                 entry = {"level": level_name(level), "mode": level["mode"], "value": level["value"],
                          "http": load, "completion": completion_figures(found, ids), "processes": procs}
+                completed = entry["completion"]["completed"]
+                for name, figures in procs.items():
+                    if completed and "cpu_s" in figures:
+                        figures["cpu_ms_per_order"] = round(1000 * figures["cpu_s"] / completed, 2)
                 results.append(entry)
                 c = entry["completion"]
                 say("  system {}x {:>6}: {:7.1f} accepted/s {:7.1f} completed/s  http p99 {:7.1f} ms  "
@@ -453,7 +462,7 @@ def profile_start(args, work, system, instances):
     for (service, instance), process in system.processes.items():
         out = os.path.join(OUT_DIR, "profile-{}-{}.{}.txt".format(instances, service, instance))
         _profilers.append(subprocess.Popen(
-            [spy, "record", "--pid", str(process.pid), "--rate", "50", "--format", "raw", "--output", out, "--nonblocking"],
+            [spy, "record", "--pid", str(process.pid), "--rate", "50", "--format", "raw", "--idle", "--output", out, "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
