@@ -403,7 +403,10 @@ def run_system(args, work, instances):
         config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
         config["DB_URIS"] = databases.uris
         log_dir = tempfile.mkdtemp(prefix="logs-{}x-".format(instances), dir=work)
-        system = System(config, log_dir)
+        extra_env = {}
+        if args.log_level:  # an experiment: what the services' logging and tracing cost
+            extra_env = {"LOG_LEVEL": args.log_level, "TRACE_LEVEL": args.log_level}
+        system = System(config, log_dir, extra_env=extra_env)
         completion = Completion(databases.uris)
         try:
             for instance in range(1, instances + 1):
@@ -587,6 +590,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="record py-spy flamegraphs of the services")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--label", default="")
+    parser.add_argument("--log-level", default=None,
+                        help="LOG_LEVEL and TRACE_LEVEL for the services (default: config.yaml's, INFO)")
     args = parser.parse_args(argv)
     if args.quick:
         defaults = {"instances": "1", "duration": 5.0, "concurrency": "32", "rates": "100,200"}
@@ -600,6 +605,7 @@ def main(argv=None):
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     work = tempfile.mkdtemp(prefix="bench-")
     report = {"started_at": datetime.now(timezone.utc).isoformat(), "db": args.db, "label": args.label,
+              "log_level": args.log_level or "INFO (config.yaml)",
               "duration_s": args.duration, "quick": args.quick, "cpus": os.cpu_count(),
               "load_average_at_start": os.getloadavg()}
     started = time.monotonic()
