@@ -162,6 +162,15 @@ async def open_loop(host, port, requests, rate, duration, timeout, collect_ids, 
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(set(tasks), timeout=timeout + 5)
+    # whatever is still unanswered (or never got a connection) counts as failed
+    for task in list(tasks):
+        task.cancel()
+        result.error("unfinished")
+    while not waiting.empty():
+        waiting.get_nowait()
+        result.error("unfinished")
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=1)
     for conn in idle:
         conn.close()
     return result, start
@@ -186,6 +195,8 @@ def _peak_rss_mb():
 
 
 def summarise(result, start, duration):
+    # until the last answer: an overloaded server that answers late is not
+    # credited with the rate it was offered
     elapsed = max(duration, (result.last_done or start) - start)
     ok = len(result.latencies)
     ms = [value * 1000 for value in result.latencies]
@@ -193,7 +204,7 @@ def summarise(result, start, duration):
     return {
         "ok": ok,
         "elapsed_s": round(elapsed, 3),
-        "ok_per_s": round(ok / duration, 1),
+        "ok_per_s": round(ok / elapsed, 1),
         "statuses": {str(key): value for key, value in sorted(result.statuses.items())},
         "errors": result.errors,
         "error_count": sum(result.errors.values()),
