@@ -171,10 +171,27 @@ class ProcessedEventMixin:
 def first_delivery(session, model, event, consumer):
     """Record ``event`` as handled by ``consumer``; False if it already was.
 
-    Call it inside the transaction that applies the event's effect. Two
-    deliveries racing each other both get True, but only one can commit: the
-    other fails on the primary key and is retried, and then gets False.
+    Call it inside the transaction that applies the event's effect. It is one
+    ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL): no row
+    inserted means a delivery already committed. A concurrent delivery of the
+    same event in another transaction waits on the key (PostgreSQL) or the
+    write lock (SQLite) and then sees the committed row, so exactly one
+    applies the effect. Other databases fall back to read-then-add.
     """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        inserted = session.execute(
+            insert(model.__table__)
+            .values(event_id=event.id, consumer=consumer, processed_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
+        ).rowcount
+        if not inserted:
+            log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+        return bool(inserted)
     seen = session.execute(
         select(model.event_id).where(model.event_id == event.id, model.consumer == consumer)
     ).first()
