@@ -533,11 +533,11 @@ def chart(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
 
     def plot(ax, entries, x_of, label, color, marker):
         for mode, ls in (("closed", "-"), ("open", "--")):
-            points = sorted((x_of(e), e) for e in entries if e["mode"] == mode)
+            points = [(x_of(e), e) for e in sorted(entries, key=lambda e: e["value"]) if e["mode"] == mode]
             if not points:
                 continue
             xs = [p[0] for p in points]
@@ -552,7 +552,8 @@ def chart(report, path):
         plot(axes[0], run["levels"], lambda e: e["http"]["ok_per_s"], "system {}x".format(run["instances"]),
              color, "s")
         for mode, ls in (("closed", "-"), ("open", "--")):
-            points = sorted((e["completion"]["completed_per_s"], e) for e in run["levels"] if e["mode"] == mode)
+            points = [(e["completion"]["completed_per_s"], e)
+                      for e in sorted(run["levels"], key=lambda e: e["value"]) if e["mode"] == mode]
             if points:
                 axes[1].plot([p[0] for p in points],
                              [p[1]["completion"]["accepted_to_confirmed_ms"]["p99"] or 0 for p in points],
@@ -573,6 +574,31 @@ def chart(report, path):
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=7)
     axes[1].grid(True, alpha=0.3)
+    # throughput per level: baseline requests/s against the system's accepted and completed orders/s
+    names = [level_name(level) for level in
+             sorted({(e["mode"], e["value"]) for e in report["baseline"]} |
+                    {(e["mode"], e["value"]) for run in report["system"] for e in run["levels"]},
+                    key=lambda mv: (mv[0] != "closed", mv[1]))
+             for level in [{"mode": level[0], "value": level[1]}]]
+    width = 0.8 / (1 + 2 * len(report["system"]))
+    xs = range(len(names))
+    base = {e["level"]: e["http"]["ok_per_s"] for e in report["baseline"]}
+    axes[2].bar([x - 0.4 + width / 2 for x in xs], [base.get(n, 0) for n in names], width, color="black",
+                label="baseline req/s")
+    for i, (run, color) in enumerate(zip(report["system"], colors)):
+        accepted = {e["level"]: e["http"]["ok_per_s"] for e in run["levels"]}
+        completed = {e["level"]: e["completion"]["completed_per_s"] for e in run["levels"]}
+        offset = -0.4 + width / 2 + width * (1 + 2 * i)
+        axes[2].bar([x + offset for x in xs], [accepted.get(n, 0) for n in names], width, color=color,
+                    alpha=0.45, label="system {}x accepted/s".format(run["instances"]))
+        axes[2].bar([x + offset + width for x in xs], [completed.get(n, 0) for n in names], width,
+                    color=color, label="system {}x completed/s".format(run["instances"]))
+    axes[2].set_xticks(list(xs))
+    axes[2].set_xticklabels(names)
+    axes[2].set_title("Throughput per level (cN = N connections, rN = N offered/s)")
+    axes[2].set_ylabel("per second")
+    axes[2].legend(fontsize=7)
+    axes[2].grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
