@@ -1,5 +1,8 @@
 """The outbox publishes whole batches with one wait for the broker's confirms,
 and says exactly which events were confirmed when something goes wrong."""
+from datetime import timedelta
+from types import SimpleNamespace
+
 import pytest
 from kombu import Connection, Exchange, Queue
 
@@ -52,3 +55,32 @@ def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
     with pytest.raises(PublishFailed) as failed:
         publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
     assert failed.value.confirmed == []
+
+
+def test_the_relay_leaves_rows_the_publisher_holds_and_sends_the_rest(rabbit_config, make_database):
+    from sqlalchemy import text
+
+    from services.common.outbox import Outbox
+    from services.orders.models import OrdersBase, OutboxMessage
+
+    uri = make_database("orders")
+    outbox = Outbox(OrdersBase, OutboxMessage)
+    outbox.container = SimpleNamespace(service_name="orders", config={
+        "AMQP_URI": rabbit_config["AMQP_URI"], "DB_URIS": {"orders:OrdersBase": uri}})
+    outbox.setup()
+    queue = bound_queue(rabbit_config["AMQP_URI"], outbox.exchange)
+    held, lost = (new_event("orders", "order_created", {"n": n}) for n in (1, 2))
+    try:
+        with outbox.Session.begin() as session:
+            for body in (held, lost):
+                session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body))
+        outbox._inflight.add(held["id"])  # committed, queued for the publisher, not sent yet
+
+        assert outbox.relay_once(grace=timedelta(0)) == 1
+        assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == [lost["id"]]
+        with outbox.engine.connect() as connection:
+            unsent = connection.execute(text("SELECT event_id FROM outbox WHERE published_at IS NULL")).scalars()
+            assert list(unsent) == [held["id"]]
+    finally:
+        outbox.publisher.close()
+        outbox.engine.dispose()
