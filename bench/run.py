@@ -11,7 +11,7 @@ RabbitMQ vhost (created through the management API, deleted afterwards) and,
 for the system, fresh databases. Completion (confirmed and notified) is read
 from the services' own databases after each level, from the timestamps they
 wrote: order ``created_at``, the ``confirmed`` status change, the
-notification's ``created_at``.
+notification's ``sent_at`` (delivered, not just queued).
 
 Figures go to ``var/bench/bench-<time>.json`` (and ``latest.json``), a chart to
 ``var/bench/bench-<time>.png``, and a table to stdout.
@@ -325,8 +325,8 @@ class Completion:
                     found.setdefault(order_id, {})["confirmed"] = _utc(at)
             with self.notifications.connect() as connection:
                 for order_id, created in connection.execute(text(
-                        "SELECT order_id, MIN(created_at) FROM notifications WHERE order_id IN ({}) "
-                        "GROUP BY order_id".format(marks)), params):
+                        "SELECT order_id, MIN(sent_at) FROM notifications WHERE sent_at IS NOT NULL "
+                        "AND order_id IN ({}) GROUP BY order_id".format(marks)), params):
                     found.setdefault(order_id, {})["notified"] = _utc(created)
         return found
 

@@ -185,11 +185,9 @@ class JsonHttpHandler(HttpRequestHandler):
     def response_from_exception(self, exc):
         if is_unavailable(exc) and not isinstance(exc, ServiceError):
             log.warning("HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc)
-            response = json_response(503, ServiceUnavailable(
-                "The service's database is unavailable; try again shortly.",
-                details={"reason": type(exc).__name__}).to_dict())
-            response.headers["Retry-After"] = "1"
-            return response
+            return error_response(503, ServiceUnavailable.code,
+                                  "The service's database is unavailable; try again shortly.",
+                                  {"reason": type(exc).__name__}, {"Retry-After": "1"})
         if isinstance(exc, ServiceError):
             if exc.status >= 500:
                 log.warning("HTTP %s: %s", exc.status, exc)
