@@ -641,7 +641,12 @@ def main(argv=None):
         report["system"] = []
         for instances in [int(n) for n in args.instances.split(",")]:
             say("==> system on {}, {} process(es) per service".format(args.db, instances))
-            report["system"].append(run_system(args, work, instances))
+            try:
+                report["system"].append(run_system(args, work, instances))
+            except Exception as exc:  # keep the figures of the phases that worked
+                say("system phase with {} process(es) per service failed: {}".format(instances, exc))
+                report.setdefault("failed", []).append(
+                    {"instances": instances, "error": "{}: {}".format(type(exc).__name__, exc)[:2000]})
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
@@ -656,6 +661,9 @@ def main(argv=None):
     png_path = os.path.join(OUT_DIR, "bench-{}.png".format(stamp))
     chart(report, png_path)
     print(table(report))
+    for failure in report.get("failed", []):
+        print("\nsystem with {} process(es) per service FAILED: {}".format(
+            failure["instances"], failure["error"][:300]))
     print("\nwritten: {}\n         {}\n(total {:.0f} s)".format(json_path, png_path, report["wall_s"]))
 
 
