@@ -7,6 +7,8 @@
 #   ./run.sh dlq list|replay SERVICE   inspect or replay a service's dead letters
 #   ./run.sh shell      nameko shell against the running services
 #   ./run.sh trace ID   an order's timeline across the services (order id or X-Request-ID)
+#   ./run.sh bench [--quick] [--db postgresql] [--instances 1,2]
+#                       benchmark against a Nameko baseline (figures in var/bench/)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -117,10 +119,13 @@ case "$cmd" in
         setup_venv; ensure_broker; "$PY" -m scripts.seed --config "$CONFIG" ;;
     dlq)
         setup_venv; ensure_broker; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
+    bench)
+        setup_venv; ensure_broker; ensure_management
+        exec "$PY" -m bench.run "$@" ;;
     shell)
         setup_venv; ensure_broker; exec "$VENV/bin/nameko" shell --config "$CONFIG" ;;
     trace)
         setup_venv; exec "$PY" -m scripts.trace "$@" --config "$CONFIG" ;;
     *)
-        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell|trace]"; exit 2 ;;
+        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell|trace|bench]"; exit 2 ;;
 esac

@@ -6,7 +6,10 @@ exponential backoff with jitter (through a per-queue retry queue whose
 messages expire back into the original queue); a message that fails
 ``MAX_DELIVERY_ATTEMPTS`` times, or is malformed, goes to the service's
 dead-letter queue with the reason, to be listed and replayed later. If even
-that publish fails, the message is requeued: it is never dropped.
+that publish fails, the message is requeued: it is never dropped. A failure
+that means the database is unavailable (see ``errors.is_unavailable``) is not
+the message's fault: it is retried at the capped backoff for as long as the
+outage lasts, and never dead-lettered for it.
 
 ``first_delivery`` is the other half: each handler records the ids of the
 events it handled in the same transaction as their effect, so a redelivered
@@ -20,8 +23,10 @@ from kombu import Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
+from nameko.messaging import QueueConsumer
 from sqlalchemy import Column, DateTime, String, select
 
+from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,40 @@ def backoff_seconds(attempt, base, cap):
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
 
 
+class DeadLetteringQueueConsumer(QueueConsumer):
+    """nameko's queue consumer, but an undecodable message is dead-lettered.
+
+    kombu acks and drops a message whose body it cannot decode (bad JSON, a
+    content type that is not accepted) after logging it; here it goes to the
+    dead-letter queue of the handler whose queue it came from, like any other
+    malformed message, so it can be inspected.
+    """
+
+    def on_decode_error(self, message, exc):
+        provider = self._provider_for(message)
+        if provider is None:
+            return super().on_decode_error(message, exc)
+        try:
+            provider.dead_letter(message, MalformedMessage(
+                "undecodable body ({}): {}".format(message.content_type, exc)))
+        except Exception:
+            log.exception("could not dead-letter an undecodable message of %s; requeueing it",
+                          provider.queue.name)
+            self.requeue_message(message)
+            return
+        self.ack_message(message)
+
+    def _provider_for(self, message):
+        tag = message.delivery_info.get("consumer_tag")
+        for provider, consumer in list(self._consumers.items()):
+            if tag in consumer._active_tags.values() and hasattr(provider, "dead_letter"):
+                return provider
+        return None
+
+
 class ReliableEventHandler(EventHandler):
+    queue_consumer = DeadLetteringQueueConsumer()
+
     def setup(self):
         super().setup()
         config = self.container.config
@@ -74,14 +112,22 @@ class ReliableEventHandler(EventHandler):
         headers = dict(message.headers or {})
         attempt = int(headers.get(ATTEMPT_HEADER, 1))
         permanent = isinstance(exc, MalformedMessage)
-        if not permanent and attempt < self.max_attempts:
-            delay = backoff_seconds(attempt, self.backoff_base, self.backoff_max)
+        # A database that is down fails every attempt through no fault of the
+        # message: keep retrying at the capped backoff instead of dead-lettering.
+        waiting = is_unavailable(exc)
+        if not permanent and (attempt < self.max_attempts or waiting):
+            delay = backoff_seconds(min(attempt, self.max_attempts), self.backoff_base, self.backoff_max)
             headers[ATTEMPT_HEADER] = attempt + 1
             log.warning("%s failed attempt %d/%d (%s: %s); retrying in %.2fs",
                         self.queue.name, attempt, self.max_attempts, type(exc).__name__, exc, delay)
             target = retry_queue(self.queue.name)
             self._republish(message, target, headers, expiration=delay)
             return
+        self.dead_letter(message, exc, headers, attempt)
+
+    def dead_letter(self, message, exc, headers=None, attempt=1):
+        """Park ``message`` in the service's dead-letter queue, saying why."""
+        headers = dict(message.headers or {}) if headers is None else headers
         headers.update({
             "x-original-queue": self.queue.name,
             "x-original-exchange": message.delivery_info.get("exchange", ""),
@@ -125,10 +171,27 @@ class ProcessedEventMixin:
 def first_delivery(session, model, event, consumer):
     """Record ``event`` as handled by ``consumer``; False if it already was.
 
-    Call it inside the transaction that applies the event's effect. Two
-    deliveries racing each other both get True, but only one can commit: the
-    other fails on the primary key and is retried, and then gets False.
+    Call it inside the transaction that applies the event's effect. It is one
+    ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL): no row
+    inserted means a delivery already committed. A concurrent delivery of the
+    same event in another transaction waits on the key (PostgreSQL) or the
+    write lock (SQLite) and then sees the committed row, so exactly one
+    applies the effect. Other databases fall back to read-then-add.
     """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        inserted = session.execute(
+            insert(model.__table__)
+            .values(event_id=event.id, consumer=consumer, processed_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
+        ).rowcount
+        if not inserted:
+            log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+        return bool(inserted)
     seen = session.execute(
         select(model.event_id).where(model.event_id == event.id, model.consumer == consumer)
     ).first()

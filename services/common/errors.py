@@ -64,3 +64,19 @@ def validation_error(exc, message="The request is not valid."):
     if not isinstance(details, dict):
         details = {"_schema": details}
     return InvalidInput(message, details=details)
+
+
+def is_unavailable(exc):
+    """True for errors that mean "a dependency is down or busy", not "a bug".
+
+    A database that cannot be reached, dropped the connection or is locked
+    (SQLAlchemy's OperationalError, a disconnect, an exhausted pool) will
+    likely work again soon: callers get 503 and consumers keep retrying,
+    instead of a 500 or a dead letter.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (ServiceUnavailable, sa_exc.OperationalError, sa_exc.DisconnectionError,
+                        sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)

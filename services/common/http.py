@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.wrappers import Request, Response
 
 from .correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
-from .errors import InvalidInput, ServiceError, validation_error
+from .errors import InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,11 @@ class JsonHttpHandler(HttpRequestHandler):
         return json_response(status, body, headers)
 
     def response_from_exception(self, exc):
+        if is_unavailable(exc) and not isinstance(exc, ServiceError):
+            log.warning("HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc)
+            return error_response(503, ServiceUnavailable.code,
+                                  "The service's database is unavailable; try again shortly.",
+                                  {"reason": type(exc).__name__}, {"Retry-After": "1"})
         if isinstance(exc, ServiceError):
             if exc.status >= 500:
                 log.warning("HTTP %s: %s", exc.status, exc)

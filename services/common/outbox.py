@@ -6,6 +6,13 @@ publisher thread sends them to RabbitMQ with publisher confirms and only then
 marks them sent. A relay loop sends whatever is left unsent (a crash between
 commit and publish, the broker down) once it is older than a grace period.
 A row may therefore be published more than once; consumers are idempotent.
+
+Publishing is batched: everything committed since the last batch goes out
+on one channel in confirm mode and the batch waits once for the broker's
+confirms, instead of one round trip per event (under load, each round trip
+also waited for a turn among busy green threads, and the outbox fell
+behind). Rows stay "in flight" from commit until marked sent, and the relay
+leaves those alone, so a slow publisher is not doubled by the relay.
 """
 import logging
 from datetime import timedelta
@@ -13,8 +20,9 @@ from datetime import timedelta
 import eventlet
 from eventlet.event import Event
 from eventlet.queue import Empty, Queue
-from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from eventlet.semaphore import Semaphore
+from kombu import Connection, Producer
+from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, event, select, update, delete
@@ -29,6 +37,7 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 200
 RETENTION = timedelta(days=1)
 STOP_TIMEOUT = 10
+CONFIRM_TIMEOUT = 10
 
 
 class OutboxMixin:
@@ -47,6 +56,101 @@ class OutboxMixin:
 
 def _headers(correlation_id):
     return {"nameko." + CONTEXT_KEY: correlation_id} if correlation_id else {}
+
+
+class PublishFailed(Exception):
+    pass
+
+
+class BatchPublisher:
+    """Publishes a batch of events and waits once for all their confirms.
+
+    One connection and one channel in confirm mode, used by one green thread
+    at a time (the outbox serialises callers). Any failure drops the
+    connection; the next batch opens a new one.
+    """
+
+    def __init__(self, amqp_uri, exchange, confirm_timeout=CONFIRM_TIMEOUT):
+        self.amqp_uri = amqp_uri
+        self.exchange = exchange
+        self.confirm_timeout = confirm_timeout
+        self._connection = None
+        self._producer = None
+        self._next_tag = 1
+        self._unconfirmed = {}  # delivery tag -> event id
+        self._confirmed = []
+        self._nacked = []
+
+    def _ensure_channel(self):
+        if self._connection is not None:
+            return
+        connection = Connection(self.amqp_uri, connect_timeout=5)
+        try:
+            connection.connect()
+            channel = connection.channel()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            self.exchange(channel).declare()
+        except Exception:
+            connection.release()
+            raise
+        self._connection = connection
+        self._producer = Producer(channel, exchange=self.exchange, serializer="json")
+        self._next_tag = 1
+        self._unconfirmed = {}
+
+    def _settle(self, tag, multiple, into):
+        tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        for t in tags:
+            event_id = self._unconfirmed.pop(t, None)
+            if event_id is not None:
+                into.append(event_id)
+
+    def _on_ack(self, tag, multiple):
+        self._settle(tag, multiple, self._confirmed)
+
+    def _on_nack(self, tag, multiple):
+        self._settle(tag, multiple, self._nacked)
+
+    def publish(self, messages):
+        """Publish (routing key, body, headers) triples; return the confirmed event ids.
+
+        Raises PublishFailed (with the ids confirmed before the failure in
+        ``confirmed``) if the broker could not be reached, nacked a message
+        or did not confirm in time.
+        """
+        self._confirmed, self._nacked = [], []
+        try:
+            self._ensure_channel()
+            for routing_key, body, headers in messages:
+                self._unconfirmed[self._next_tag] = body["id"]
+                self._next_tag += 1
+                self._producer.publish(body, routing_key=routing_key, headers=headers, message_id=body["id"],
+                                       delivery_mode=PERSISTENT, retry=False)
+            with eventlet.Timeout(self.confirm_timeout):
+                while self._unconfirmed:
+                    self._connection.drain_events()
+        except (Exception, eventlet.Timeout) as exc:
+            self.close()
+            error = PublishFailed("{}: {}".format(type(exc).__name__, exc) if str(exc) else type(exc).__name__)
+            error.confirmed = list(self._confirmed)
+            raise error from None
+        if self._nacked:
+            error = PublishFailed("broker refused {} event(s)".format(len(self._nacked)))
+            error.confirmed = list(self._confirmed)
+            raise error
+        return list(self._confirmed)
+
+    def close(self):
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # already broken
+                pass
+        self._connection = None
+        self._producer = None
+        self._unconfirmed = {}
 
 
 class OutboxWriter:
@@ -74,13 +178,15 @@ class Outbox(DependencyProvider):
         self.declarative_base = declarative_base
         self.model = model
         self._pending = Queue()
+        self._inflight = set()  # committed, handed to the publisher, not yet marked sent
+        self._publishing = Semaphore()
         self._running = False
         self._publisher_done = None
 
     def setup(self):
         config = self.container.config
         self.exchange = get_event_exchange(self.container.service_name, config)
-        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], declare=[self.exchange])
+        self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange)
         uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
         self.engine = make_engine(uri, max_workers=2)
         self.Session = sessionmaker(bind=self.engine, expire_on_commit=False)
@@ -100,10 +206,12 @@ class Outbox(DependencyProvider):
         self._pending.put(None)
         with eventlet.Timeout(STOP_TIMEOUT, False):
             self._publisher_done.wait()
+        self.publisher.close()
         self.engine.dispose()
 
     def kill(self):
         self._running = False
+        self.publisher.close()
         self.engine.dispose()
 
     def get_dependency(self, worker_ctx):
@@ -118,6 +226,7 @@ class Outbox(DependencyProvider):
 
     def _on_commit(self, session):
         for message in session.info.pop("outbox", []):
+            self._inflight.add(message[1]["id"])
             self._pending.put(message)
 
     def _on_rollback(self, session):
@@ -149,23 +258,18 @@ class Outbox(DependencyProvider):
             self._publisher_done.send()
 
     def _publish_and_mark(self, batch):
-        sent = []
-        for event_type, body, correlation_id in batch:
+        with self._publishing:
             try:
-                self.publisher.publish(
-                    body,
-                    exchange=self.exchange,
-                    routing_key=event_type,
-                    message_id=body["id"],
-                    extra_headers=_headers(correlation_id),
-                    retry_policy={"max_retries": 1},
-                )
-            except Exception as exc:  # the relay will send it later
-                log.warning("outbox: publishing %s %s failed, left for the relay: %s",
-                            event_type, body["id"], exc)
-                break
-            sent.append(body["id"])
-        self._mark_sent(sent)
+                sent = self.publisher.publish(
+                    [(event_type, body, _headers(correlation_id)) for event_type, body, correlation_id in batch])
+            except PublishFailed as exc:  # the relay will send the rest later
+                sent = exc.confirmed
+                log.warning("outbox: publishing %d event(s) failed, %d confirmed, the rest left for the relay: %s",
+                            len(batch), len(sent), exc)
+            self._mark_sent(sent)
+            for _, body, _ in batch:
+                self._inflight.discard(body["id"])
+            return len(sent)
 
     def _mark_sent(self, event_ids):
         if not event_ids:
@@ -202,6 +306,8 @@ class Outbox(DependencyProvider):
                 .order_by(self.model.id)
                 .limit(BATCH_SIZE)
             ).all()
+        # rows the publisher already holds are late, not lost
+        rows = [row for row in rows if row.body["id"] not in self._inflight]
         if rows:
             log.info("outbox relay: publishing %d unsent events", len(rows))
             self._publish_and_mark([tuple(row) for row in rows])

@@ -1,0 +1,671 @@
+"""The benchmark: the system's orders per second against a Nameko baseline, in one run.
+
+``./run.sh bench [--quick] [--db postgresql] [--instances 1,2]``
+
+1. Baseline: ``bench/baseline.py`` (an ``@http`` route making one RPC to an
+   echo service) as two real ``nameko run`` processes.
+2. The system: the three services as real processes (``tests/system.py``), a
+   catalogue with plenty of stock, orders placed over HTTP.
+Both are driven by ``bench/loadgen.py`` at the same levels, each on a private
+RabbitMQ vhost (created through the management API, deleted afterwards) and,
+for the system, fresh databases. Completion (confirmed and notified) is read
+from the services' own databases after each level, from the timestamps they
+wrote: order ``created_at``, the ``confirmed`` status change, the
+notification's ``sent_at`` (delivered, not just queued).
+
+Figures go to ``var/bench/bench-<time>.json`` (and ``latest.json``), a chart to
+``var/bench/bench-<time>.png``, and a table to stdout.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  (tests.system uses nameko's standalone RPC)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+import psutil  # noqa: E402
+import requests  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join(ROOT, "var", "bench")
+NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")
+MGMT = os.environ.get("RABBIT_MGMT_URL", "http://127.0.0.1:15672")
+MGMT_AUTH = (os.environ.get("RABBIT_MGMT_USER", "guest"), os.environ.get("RABBIT_MGMT_PASSWORD", "guest"))
+PG_ADMIN_DSN = os.environ.get("BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URI_TEMPLATE = os.environ.get("BENCH_PG_URI", "postgresql://postgres@127.0.0.1:5432/{}")
+SKUS = ["BENCH-{:02d}".format(i) for i in range(20)]
+STOCK = 10_000_000
+DRAIN_TIMEOUT = 30.0
+
+
+def say(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# infrastructure ------------------------------------------------------------------------
+
+class Vhost:
+    """A private RabbitMQ vhost, made and removed through the management API."""
+
+    def __init__(self):
+        self.name = "bench_" + uuid.uuid4().hex[:10]
+        self.amqp_uri = "amqp://guest:guest@127.0.0.1:5672/{}".format(self.name)
+
+    def __enter__(self):
+        requests.put("{}/api/vhosts/{}".format(MGMT, self.name), auth=MGMT_AUTH, timeout=10).raise_for_status()
+        requests.put("{}/api/permissions/{}/{}".format(MGMT, self.name, MGMT_AUTH[0]), auth=MGMT_AUTH,
+                     json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+        return self
+
+    def __exit__(self, *exc):
+        requests.delete("{}/api/vhosts/{}".format(MGMT, self.name), auth=MGMT_AUTH, timeout=30)
+
+
+def _pg_admin(sql):
+    import psycopg2
+
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+    finally:
+        connection.close()
+
+
+class Databases:
+    """Fresh, migrated databases for the three services; dropped afterwards."""
+
+    def __init__(self, backend, directory):
+        self.backend = backend
+        self.directory = directory
+        self.created = []
+        self.uris = {}
+
+    def __enter__(self):
+        from services.common.migrate import SERVICES, upgrade
+
+        for service, base in SERVICES.items():
+            if self.backend == "sqlite":
+                uri = "sqlite:///{}".format(os.path.join(self.directory, service + ".sqlite3"))
+            else:
+                name = "bench_{}_{}".format(service, uuid.uuid4().hex[:10])
+                _pg_admin("CREATE DATABASE {}".format(name))
+                self.created.append(name)
+                uri = PG_URI_TEMPLATE.format(name)
+            upgrade(service, uri)
+            self.uris["{}:{}".format(service, base)] = uri
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.created:
+            _pg_admin("DROP DATABASE IF EXISTS {} WITH (FORCE)".format(name))
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def broker_process():
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "beam.smp":
+            return process
+    return None
+
+
+class Meter:
+    """CPU seconds and resident memory of named processes over a level."""
+
+    def __init__(self, processes):
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.peak = {name: 0 for name in self.processes}
+        self._start = {}
+        self._sampler = None
+        self._running = False
+
+    def _cpu(self, process):
+        times = process.cpu_times()
+        return times.user + times.system
+
+    def _sample(self):
+        while self._running:
+            for name, process in self.processes.items():
+                try:
+                    self.peak[name] = max(self.peak[name], process.memory_info().rss)
+                except psutil.Error:
+                    pass
+            eventlet.sleep(0.25)
+
+    def start(self):
+        self.peak = {name: 0 for name in self.processes}
+        self._start = {}
+        for name, process in self.processes.items():
+            try:
+                self._start[name] = self._cpu(process)
+            except psutil.Error:
+                pass
+        self._t0 = time.monotonic()
+        self._running = True
+        self._sampler = eventlet.spawn(self._sample)
+
+    def stop(self):
+        self._running = False
+        self._sampler.wait()
+        wall = time.monotonic() - self._t0
+        figures = {}
+        for name, process in self.processes.items():
+            try:
+                cpu = self._cpu(process) - self._start.get(name, 0)
+                rss = process.memory_info().rss
+            except psutil.Error:
+                figures[name] = {"gone": True}
+                continue
+            figures[name] = {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1),
+                             "peak_rss_mb": round(max(self.peak[name], rss) / 2 ** 20, 1),
+                             "rss_end_mb": round(rss / 2 ** 20, 1)}
+        return figures
+
+
+# load ------------------------------------------------------------------------------------
+
+def run_load(url, body_file, level, duration, collect_ids):
+    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--body-file", body_file,
+               "--duration", str(duration), "--mode", level["mode"]]
+    if level["mode"] == "closed":
+        command += ["--concurrency", str(level["value"])]
+    else:
+        command += ["--rate", str(level["value"])]
+    if collect_ids:
+        command.append("--collect-ids")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    output = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True,
+                            timeout=duration + 60).stdout
+    return json.loads(output)
+
+
+def order_bodies(path, count=2000, seed=7):
+    rng = random.Random(seed)
+    with open(path, "w") as stream:
+        for i in range(count):
+            skus = rng.sample(SKUS, rng.randint(1, 3))
+            stream.write(json.dumps({
+                "customer_email": "bench{}@example.com".format(i),
+                "lines": [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus],
+            }) + "\n")
+
+
+def echo_bodies(path):
+    with open(path, "w") as stream:
+        for i in range(100):
+            stream.write(json.dumps({"n": i, "text": "hello"}) + "\n")
+
+
+def levels(args):
+    found = [{"mode": "closed", "value": int(v)} for v in args.concurrency.split(",") if v]
+    found += [{"mode": "open", "value": float(v)} for v in args.rates.split(",") if v]
+    return found
+
+
+def level_name(level):
+    return "c{}".format(level["value"]) if level["mode"] == "closed" else "r{:g}".format(level["value"])
+
+
+# the baseline ------------------------------------------------------------------------------
+
+def run_baseline(args, work):
+    body_file = os.path.join(work, "echo.jsonl")
+    echo_bodies(body_file)
+    port = free_port()
+    results = []
+    with Vhost() as vhost:
+        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="ignore", AMQP_URI=vhost.amqp_uri,
+                   WEB_SERVER_ADDRESS="127.0.0.1:{}".format(port))
+        processes = {}
+        try:
+            for name, cls in (("echo", "EchoService"), ("gateway", "GatewayService")):
+                log = open(os.path.join(work, "baseline-{}.log".format(name)), "ab")
+                processes["baseline_" + name] = subprocess.Popen(
+                    [NAMEKO, "run", "--config", os.path.join(ROOT, "bench", "baseline.yaml"),
+                     "bench.baseline:" + cls], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            url = "http://127.0.0.1:{}/echo".format(port)
+            wait_http(url, '{"n": 0}')
+            watched = {name: process.pid for name, process in processes.items()}
+            broker = broker_process()
+            if broker:
+                watched["rabbitmq"] = broker.pid
+            meter = Meter(watched)
+            for level in levels(args):
+                meter.start()
+                load = run_load(url, body_file, level, args.duration, collect_ids=False)
+                procs = meter.stop()
+                load.pop("ids", None)
+                procs["loadgen"] = {"cpu_s": load["cpu_s"], "cpu_pct": round(100 * load["cpu_s"] / args.duration, 1),
+                                    "peak_rss_mb": load["peak_rss_mb"]}
+                for figures in procs.values():
+                    if load["ok"] and "cpu_s" in figures:
+                        figures["cpu_ms_per_request"] = round(1000 * figures["cpu_s"] / load["ok"], 2)
+                entry = {"level": level_name(level), "mode": level["mode"], "value": level["value"],
+                         "http": load, "processes": procs}
+                results.append(entry)
+                say("  baseline {:>6}: {:7.1f} req/s  p50 {:6.1f} ms  p99 {:7.1f} ms  errors {}".format(
+                    entry["level"], load["ok_per_s"], load["latency_ms"]["p50"] or 0,
+                    load["latency_ms"]["p99"] or 0, load["error_count"]))
+                time.sleep(args.pause)
+        finally:
+            for process in processes.values():
+                process.send_signal(signal.SIGTERM)
+            for process in processes.values():
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    return results
+
+
+def wait_http(url, body, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url, data=body, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("nothing answered at {}".format(url))
+
+
+# the system ----------------------------------------------------------------------------------
+
+def _utc(value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class Completion:
+    """Reads, from the services' own databases, when each order was confirmed and notified."""
+
+    def __init__(self, uris):
+        from services.common.db import make_engine
+
+        self.orders = make_engine(uris["orders:OrdersBase"])
+        self.notifications = make_engine(uris["notifications:NotificationsBase"])
+        self.inventory = make_engine(uris["inventory:InventoryBase"])
+
+    def read(self, ids):
+        from sqlalchemy import text
+
+        found = {}
+        for chunk in [ids[i:i + 500] for i in range(0, len(ids), 500)]:
+            params = {"p{}".format(i): value for i, value in enumerate(chunk)}
+            marks = ", ".join(":" + key for key in params)
+            with self.orders.connect() as connection:
+                for order_id, status, created in connection.execute(text(
+                        "SELECT id, status, created_at FROM orders WHERE id IN ({})".format(marks)), params):
+                    found[order_id] = {"status": status, "created": _utc(created)}
+                for order_id, at in connection.execute(text(
+                        "SELECT order_id, at FROM order_status_changes WHERE to_status = 'confirmed' "
+                        "AND order_id IN ({})".format(marks)), params):
+                    found.setdefault(order_id, {})["confirmed"] = _utc(at)
+            with self.notifications.connect() as connection:
+                for order_id, created in connection.execute(text(
+                        "SELECT order_id, MIN(sent_at) FROM notifications WHERE sent_at IS NOT NULL "
+                        "AND order_id IN ({}) GROUP BY order_id".format(marks)), params):
+                    found.setdefault(order_id, {})["notified"] = _utc(created)
+        return found
+
+    def wait(self, ids, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.read(ids)
+            done = sum(1 for row in found.values() if row.get("notified"))
+            if done >= len(ids) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.25)
+
+    def stock(self):
+        from sqlalchemy import text
+
+        with self.inventory.connect() as connection:
+            return connection.execute(text("SELECT SUM(on_hand), SUM(reserved) FROM products")).one()
+
+    def dispose(self):
+        for engine in (self.orders, self.notifications, self.inventory):
+            engine.dispose()
+
+
+def percentiles(values):
+    from bench.loadgen import percentile
+
+    values = [v * 1000 for v in values]
+    return {"p50": _round(percentile(values, 50)), "p99": _round(percentile(values, 99)),
+            "max": _round(max(values)) if values else None}
+
+
+def _round(value):
+    return None if value is None else round(value, 1)
+
+
+def completion_figures(found, ids):
+    rows = [found.get(i, {}) for i in ids]
+    created = [r["created"] for r in rows if r.get("created")]
+    confirmed = [(r["confirmed"] - r["created"]).total_seconds() for r in rows
+                 if r.get("confirmed") and r.get("created")]
+    notified = [(r["notified"] - r["created"]).total_seconds() for r in rows
+                if r.get("notified") and r.get("created")]
+    completed = [r for r in rows if r.get("confirmed") and r.get("notified")]
+    span = None
+    if completed and created:
+        span = (max(r["notified"] for r in completed) - min(created)).total_seconds()
+    statuses = {}
+    for r in rows:
+        statuses[r.get("status", "missing")] = statuses.get(r.get("status", "missing"), 0) + 1
+    return {
+        "accepted": len(ids),
+        "completed": len(completed),
+        "completed_per_s": round(len(completed) / span, 1) if span else 0.0,
+        "completion_span_s": round(span, 2) if span else None,
+        "statuses": statuses,
+        "accepted_to_confirmed_ms": percentiles(confirmed),
+        "accepted_to_notified_ms": percentiles(notified),
+    }
+
+
+def run_system(args, work, instances):
+    from tests.system import System
+
+    from services.common.settings import load_config
+
+    body_file = os.path.join(work, "orders.jsonl")
+    order_bodies(body_file)
+    results = []
+    db_dir = tempfile.mkdtemp(prefix="db-", dir=work)
+    with Vhost() as vhost, Databases(args.db, db_dir) as databases:
+        config = load_config(os.path.join(ROOT, "config.yaml"))
+        config.pop("LOGGING", None)
+        config["AMQP_URI"] = vhost.amqp_uri
+        config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+        config["DB_URIS"] = databases.uris
+        log_dir = tempfile.mkdtemp(prefix="logs-{}x-".format(instances), dir=work)
+        extra_env = {}
+        if args.log_level:  # an experiment: what the services' logging and tracing cost
+            extra_env = {"LOG_LEVEL": args.log_level, "TRACE_LEVEL": args.log_level}
+        system = System(config, log_dir, extra_env=extra_env)
+        completion = Completion(databases.uris)
+        try:
+            for instance in range(1, instances + 1):
+                system.start(instance=instance)
+            system.create_products(*[(sku, "Bench item " + sku, 100 + i, STOCK) for i, sku in enumerate(SKUS)])
+            url = system.url("/orders")
+            watched = {"{}.{}".format(service, instance): process.pid
+                       for (service, instance), process in system.processes.items()}
+            broker = broker_process()
+            if broker:
+                watched["rabbitmq"] = broker.pid
+            meter = Meter(watched)
+            if args.profile:
+                profile_start(args, work, system, instances)
+            for level in levels(args):
+                meter.start()
+                load = run_load(url, body_file, level, args.duration, collect_ids=True)
+                ids = load.pop("ids")
+                found = completion.wait(ids, DRAIN_TIMEOUT)
+                # measured until the level's orders are done, so that CPU per
+                # completed order counts all the work they caused
+                procs = meter.stop()
+                procs["loadgen"] = {"cpu_s": load["cpu_s"], "cpu_pct": round(100 * load["cpu_s"] / args.duration, 1),
+                                    "peak_rss_mb": load["peak_rss_mb"]}
+                entry = {"level": level_name(level), "mode": level["mode"], "value": level["value"],
+                         "http": load, "completion": completion_figures(found, ids), "processes": procs}
+                completed = entry["completion"]["completed"]
+                for name, figures in procs.items():
+                    if completed and "cpu_s" in figures:
+                        figures["cpu_ms_per_order"] = round(1000 * figures["cpu_s"] / completed, 2)
+                results.append(entry)
+                c = entry["completion"]
+                say("  system {}x {:>6}: {:7.1f} accepted/s {:7.1f} completed/s  http p99 {:7.1f} ms  "
+                    "confirm p99 {} ms  errors {}".format(
+                        instances, entry["level"], load["ok_per_s"], c["completed_per_s"],
+                        load["latency_ms"]["p99"] or 0, c["accepted_to_confirmed_ms"]["p99"],
+                        load["error_count"]))
+                time.sleep(args.pause)
+            if args.profile:
+                profile_stop(work)
+            on_hand, reserved = completion.stock()
+            sold = sum(entry["completion"]["completed"] for entry in results)
+        finally:
+            completion.dispose()
+            system.stop_all()
+    return {"instances": instances, "levels": results,
+            "stock": {"on_hand": on_hand, "reserved": reserved}, "orders_completed": sold}
+
+
+_profilers = []
+
+
+def profile_start(args, work, system, instances):
+    """py-spy records every service process for the whole run (flamegraph SVGs)."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    for (service, instance), process in system.processes.items():
+        out = os.path.join(OUT_DIR, "profile-{}-{}.{}.txt".format(instances, service, instance))
+        _profilers.append(subprocess.Popen(
+            [spy, "record", "--pid", str(process.pid), "--rate", "50", "--format", "raw", "--idle", "--output", out, "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def profile_stop(work):
+    for spy in _profilers:
+        spy.send_signal(signal.SIGINT)
+    for spy in _profilers:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+    _profilers.clear()
+
+
+# report ------------------------------------------------------------------------------------------
+
+def summary(report):
+    baseline = report["baseline"]
+    best_baseline = max((e["http"]["ok_per_s"] for e in baseline if e["mode"] == "closed"), default=0)
+    by_level = {e["level"]: e for e in baseline}
+    for run in report["system"]:
+        best = max((e["completion"]["completed_per_s"] for e in run["levels"]), default=0)
+        run["best_completed_per_s"] = best
+        run["ratio_to_baseline"] = round(best / best_baseline, 3) if best_baseline else None
+        for entry in run["levels"]:
+            base = by_level.get(entry["level"])
+            if base and base["http"]["ok_per_s"]:
+                entry["ratio_to_baseline_same_level"] = round(
+                    entry["completion"]["completed_per_s"] / base["http"]["ok_per_s"], 3)
+    report["baseline_best_req_per_s"] = best_baseline
+
+
+def table(report):
+    lines = ["", "baseline (@http + one RPC): best {:.0f} req/s".format(report["baseline_best_req_per_s"]),
+             "{:<10} {:>8} {:>8} {:>8} {:>8}  {}".format("level", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")]
+    for e in report["baseline"]:
+        lat = e["http"]["latency_ms"]
+        lines.append("{:<10} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f}  {}".format(
+            e["level"], e["http"]["ok_per_s"], lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0,
+            e["http"]["error_count"]))
+    for run in report["system"]:
+        lines += ["", "system, {} ({}x per service): best {:.0f} completed/s = {:.2f} of baseline".format(
+            report["db"], run["instances"], run["best_completed_per_s"], run["ratio_to_baseline"] or 0),
+            "{:<8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6}  {}".format(
+                "level", "accept/s", "compl/s", "p50", "p95", "p99", "conf p50", "conf p99", "notif p99",
+                "errors", "ratio", "max RSS MB (orders/inv/notif)")]
+        for e in run["levels"]:
+            lat, c = e["http"]["latency_ms"], e["completion"]
+            rss = "/".join("{:.0f}".format(max((v.get("peak_rss_mb", 0) for k, v in e["processes"].items()
+                                               if k.startswith(s + ".")), default=0))
+                           for s in ("orders", "inventory", "notifications"))
+            lines.append("{:<8} {:>8.1f} {:>8.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9} {:>9} {:>9} {:>6} {:>6}  {}".format(
+                e["level"], e["http"]["ok_per_s"], c["completed_per_s"], lat["p50"] or 0, lat["p95"] or 0,
+                lat["p99"] or 0, c["accepted_to_confirmed_ms"]["p50"], c["accepted_to_confirmed_ms"]["p99"],
+                c["accepted_to_notified_ms"]["p99"], e["http"]["error_count"],
+                e.get("ratio_to_baseline_same_level", "-"), rss))
+        lines.append("stock: on_hand {} reserved {} (orders completed {})".format(
+            run["stock"]["on_hand"], run["stock"]["reserved"], run["orders_completed"]))
+    return "\n".join(lines)
+
+
+def chart(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+
+    def plot(ax, entries, x_of, label, color, marker):
+        for mode, ls in (("closed", "-"), ("open", "--")):
+            points = [(x_of(e), e) for e in sorted(entries, key=lambda e: e["value"]) if e["mode"] == mode]
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            ax.plot(xs, [p[1]["http"]["latency_ms"]["p99"] or 0 for p in points], ls, color=color,
+                    marker=marker, label="{} {} p99".format(label, mode))
+            ax.plot(xs, [p[1]["http"]["latency_ms"]["p50"] or 0 for p in points], ls, color=color,
+                    marker=marker, alpha=0.4, label="{} {} p50".format(label, mode))
+
+    plot(axes[0], report["baseline"], lambda e: e["http"]["ok_per_s"], "baseline", "black", "o")
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for run, color in zip(report["system"], colors):
+        plot(axes[0], run["levels"], lambda e: e["http"]["ok_per_s"], "system {}x".format(run["instances"]),
+             color, "s")
+        for mode, ls in (("closed", "-"), ("open", "--")):
+            points = [(e["completion"]["completed_per_s"], e)
+                      for e in sorted(run["levels"], key=lambda e: e["value"]) if e["mode"] == mode]
+            if points:
+                axes[1].plot([p[0] for p in points],
+                             [p[1]["completion"]["accepted_to_confirmed_ms"]["p99"] or 0 for p in points],
+                             ls, color=color, marker="s", label="{}x {} confirmed p99".format(run["instances"], mode))
+                axes[1].plot([p[0] for p in points],
+                             [p[1]["completion"]["accepted_to_notified_ms"]["p99"] or 0 for p in points],
+                             ls, color=color, marker="^", alpha=0.5,
+                             label="{}x {} notified p99".format(run["instances"], mode))
+    axes[0].set_title("HTTP latency vs throughput ({}, {})".format(report["db"], report["started_at"][:16]))
+    axes[0].set_xlabel("successful requests / s")
+    axes[0].set_ylabel("latency ms (log)")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(True, alpha=0.3)
+    axes[1].set_title("Order completion latency vs completed orders/s")
+    axes[1].set_xlabel("completed orders / s (confirmed and notified)")
+    axes[1].set_ylabel("accepted -> confirmed / notified, ms (log)")
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=7)
+    axes[1].grid(True, alpha=0.3)
+    # throughput per level: baseline requests/s against the system's accepted and completed orders/s
+    names = [level_name(level) for level in
+             sorted({(e["mode"], e["value"]) for e in report["baseline"]} |
+                    {(e["mode"], e["value"]) for run in report["system"] for e in run["levels"]},
+                    key=lambda mv: (mv[0] != "closed", mv[1]))
+             for level in [{"mode": level[0], "value": level[1]}]]
+    width = 0.8 / (1 + 2 * len(report["system"]))
+    xs = range(len(names))
+    base = {e["level"]: e["http"]["ok_per_s"] for e in report["baseline"]}
+    axes[2].bar([x - 0.4 + width / 2 for x in xs], [base.get(n, 0) for n in names], width, color="black",
+                label="baseline req/s")
+    for i, (run, color) in enumerate(zip(report["system"], colors)):
+        accepted = {e["level"]: e["http"]["ok_per_s"] for e in run["levels"]}
+        completed = {e["level"]: e["completion"]["completed_per_s"] for e in run["levels"]}
+        offset = -0.4 + width / 2 + width * (1 + 2 * i)
+        axes[2].bar([x + offset for x in xs], [accepted.get(n, 0) for n in names], width, color=color,
+                    alpha=0.45, label="system {}x accepted/s".format(run["instances"]))
+        axes[2].bar([x + offset + width for x in xs], [completed.get(n, 0) for n in names], width,
+                    color=color, label="system {}x completed/s".format(run["instances"]))
+    axes[2].set_xticks(list(xs))
+    axes[2].set_xticklabels(names)
+    axes[2].set_title("Throughput per level (cN = N connections, rN = N offered/s)")
+    axes[2].set_ylabel("per second")
+    axes[2].legend(fontsize=7)
+    axes[2].grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter levels (about 1-2 minutes)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--instances", default=None, help="processes per service to run, e.g. 1,2")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per level")
+    parser.add_argument("--concurrency", default=None, help="closed-loop levels, e.g. 8,32,64")
+    parser.add_argument("--rates", default=None, help="open-loop offered orders/s, e.g. 50,100,200,400")
+    parser.add_argument("--pause", type=float, default=1.0)
+    parser.add_argument("--profile", action="store_true", help="record py-spy flamegraphs of the services")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--log-level", default=None,
+                        help="LOG_LEVEL and TRACE_LEVEL for the services (default: config.yaml's, INFO)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        defaults = {"instances": "1", "duration": 5.0, "concurrency": "32", "rates": "100,200"}
+    else:
+        defaults = {"instances": "1,2", "duration": 10.0, "concurrency": "8,32,64", "rates": "50,100,200,400"}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    os.makedirs(OUT_DIR, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    work = tempfile.mkdtemp(prefix="bench-")
+    report = {"started_at": datetime.now(timezone.utc).isoformat(), "db": args.db, "label": args.label,
+              "log_level": args.log_level or "INFO (config.yaml)",
+              "duration_s": args.duration, "quick": args.quick, "cpus": os.cpu_count(),
+              "load_average_at_start": os.getloadavg()}
+    started = time.monotonic()
+    try:
+        say("==> baseline")
+        report["baseline"] = [] if args.skip_baseline else run_baseline(args, work)
+        report["system"] = []
+        for instances in [int(n) for n in args.instances.split(",")]:
+            say("==> system on {}, {} process(es) per service".format(args.db, instances))
+            try:
+                report["system"].append(run_system(args, work, instances))
+            except Exception as exc:  # keep the figures of the phases that worked
+                say("system phase with {} process(es) per service failed: {}".format(instances, exc))
+                report.setdefault("failed", []).append(
+                    {"instances": instances, "error": "{}: {}".format(type(exc).__name__, exc)[:2000]})
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            say("work directory kept: " + work)
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    summary(report)
+    json_path = os.path.join(OUT_DIR, "bench-{}.json".format(stamp))
+    with open(json_path, "w") as stream:
+        json.dump(report, stream, indent=1, default=str)
+    shutil.copyfile(json_path, os.path.join(OUT_DIR, "latest.json"))
+    png_path = os.path.join(OUT_DIR, "bench-{}.png".format(stamp))
+    chart(report, png_path)
+    print(table(report))
+    for failure in report.get("failed", []):
+        print("\nsystem with {} process(es) per service FAILED: {}".format(
+            failure["instances"], failure["error"][:300]))
+    print("\nwritten: {}\n         {}\n(total {:.0f} s)".format(json_path, png_path, report["wall_s"]))
+
+
+if __name__ == "__main__":
+    main()

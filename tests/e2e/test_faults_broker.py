@@ -1,0 +1,55 @@
+"""The services lose RabbitMQ while orders stream in, and get it back.
+
+A real broker restart is staged with a TCP proxy between the services and
+the broker (see tests/proxy.py): the broker on a test machine is shared with
+other test runs and must not be stopped. Cutting the proxy closes every AMQP
+connection the services hold and refuses new ones, exactly what they see
+when the broker goes down; restoring it is the broker coming back.
+"""
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
+from tests.proxy import TcpProxy
+
+
+@pytest.fixture
+def broker_proxy(service_config):
+    parts = urlsplit(service_config["AMQP_URI"])
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+    yield proxy, urlunsplit(parts._replace(netloc="{}@127.0.0.1:{}".format(
+        parts.netloc.rsplit("@", 1)[0], proxy.port)))
+    proxy.stop()
+
+
+def test_services_reconnect_by_themselves_and_every_accepted_order_settles(
+        service_config, tmp_path, broker_proxy):
+    proxy, proxied_uri = broker_proxy
+    system = make_system(service_config, tmp_path, AMQP_URI=proxied_uri)
+    databases = Databases(system.config)
+    try:
+        system.start()
+        system.create_products(*SKUS)
+        stream = OrderStream(system, rate=20).start()
+        try:
+            stream.accepted_after(20)
+            connections_before = proxy.connections
+            proxy.cut()
+            cut_at = len(stream.accepted)
+            time.sleep(3)
+            during = len(stream.accepted) - cut_at
+            proxy.restore()
+            restored_at = len(stream.accepted)
+            stream.accepted_after(restored_at + 30)
+        finally:
+            stream.stop()
+        # orders are taken while the broker is away: the outbox holds their events
+        assert during > 0, stream.outcomes
+        assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
+        assert_everything_settled(stream, databases, timeout=60)
+        assert proxy.connections > connections_before, "the services never reconnected"
+    finally:
+        databases.close()
+        system.stop_all()

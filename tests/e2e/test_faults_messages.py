@@ -1,0 +1,59 @@
+"""Malformed messages published straight to the services' queues neither
+crash nor stall them: each ends in the service's dead-letter queue, the
+undecodable ones (bad JSON, a content type nobody accepts) included, which
+kombu alone would have acked and dropped; orders keep flowing past them."""
+from kombu import Connection
+
+from services.common.deadletters import list_dead_letters
+from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
+
+QUEUES = {
+    "inventory": "evt-orders-order_created--inventory.reserve_stock",
+    "orders": "evt-inventory-stock_reserved--orders.confirm_order",
+    "notifications": "evt-orders-order_confirmed--notifications.order_confirmed",
+}
+
+GARBAGE = [
+    (b"{not json", "application/json"),
+    (b"[1, 2, 3]", "application/json"),
+    (b'{"id": "x", "type": "order_created"}', "application/json"),
+    (b'{"id": "y", "type": "t", "source": "s", "occurred_at": "now", "data": {"order_id": 7}}',
+     "application/json"),
+    (b"", "application/json"),
+    (b"\x80\x04garbage", "application/x-python-serialize"),
+    (b"plain words", "text/plain"),
+]
+
+
+def publish_garbage(amqp_uri):
+    with Connection(amqp_uri) as connection:
+        producer = connection.Producer()
+        for queue in QUEUES.values():
+            for body, content_type in GARBAGE:
+                producer.publish(body, exchange="", routing_key=queue, content_type=content_type,
+                                 content_encoding="binary" if content_type != "application/json" else "utf-8",
+                                 retry=True)
+
+
+def test_garbage_on_every_queue_is_dead_lettered_and_orders_keep_flowing(system):
+    system.start()
+    system.create_products(*SKUS)
+    databases = Databases(system.config)
+    stream = OrderStream(system, rate=20).start()
+    try:
+        stream.accepted_after(10)
+        publish_garbage(system.config["AMQP_URI"])
+        stream.accepted_after(len(stream.accepted) + 30)
+    finally:
+        stream.stop()
+    try:
+        assert set(stream.outcomes) == {202}, stream.outcomes
+        assert_everything_settled(stream, databases)
+        for (service, _), process in system.processes.items():
+            assert process.poll() is None, "{} died".format(service)
+        for service in QUEUES:
+            letters = list_dead_letters(system.config["AMQP_URI"], service, limit=50)
+            assert len(letters) == len(GARBAGE), (service, [letter["error_message"] for letter in letters])
+            assert all(letter["original_queue"] == QUEUES[service] for letter in letters)
+    finally:
+        databases.close()

@@ -1,0 +1,86 @@
+"""The outbox publishes whole batches with one wait for the broker's confirms,
+and says exactly which events were confirmed when something goes wrong."""
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from services.common.events import new_event
+from services.common.outbox import BatchPublisher, PublishFailed
+from tests.helpers import free_port
+
+
+def bound_queue(amqp_uri, exchange):
+    queue = Queue("outbox-test", exchange=exchange, routing_key="#", durable=False, auto_delete=False)
+    with Connection(amqp_uri) as connection:
+        queue(connection.channel()).declare()
+    return queue
+
+
+def drain(amqp_uri, queue):
+    bodies = []
+    with Connection(amqp_uri) as connection:
+        bound = queue(connection.channel())
+        while True:
+            message = bound.get(no_ack=True, accept=["json"])
+            if message is None:
+                return bodies
+            bodies.append((message.delivery_info["routing_key"], message.payload, message.headers))
+
+
+def test_a_batch_is_confirmed_as_a_whole_and_arrives_in_order(rabbit_config):
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    publisher = BatchPublisher(rabbit_config["AMQP_URI"], exchange)
+    queue = bound_queue(rabbit_config["AMQP_URI"], exchange)
+    events = [new_event("bench", "thing_happened", {"n": n}) for n in range(120)]
+    try:
+        confirmed = publisher.publish([("thing_happened", body, {"nameko.correlation_id": "c-1"})
+                                       for body in events])
+        again = publisher.publish([("thing_happened", events[0], {})])  # same connection, next tags
+    finally:
+        publisher.close()
+    assert confirmed == [body["id"] for body in events]
+    assert again == [events[0]["id"]]
+    received = drain(rabbit_config["AMQP_URI"], queue)
+    assert [payload["data"]["n"] for _, payload, _ in received] == list(range(120)) + [0]
+    assert received[0][0] == "thing_happened"
+    assert received[0][2]["nameko.correlation_id"] == "c-1"
+
+
+def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    publisher = BatchPublisher("amqp://guest:guest@127.0.0.1:{}/".format(free_port()), exchange,
+                               confirm_timeout=2)
+    with pytest.raises(PublishFailed) as failed:
+        publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
+    assert failed.value.confirmed == []
+
+
+def test_the_relay_leaves_rows_the_publisher_holds_and_sends_the_rest(rabbit_config, make_database):
+    from sqlalchemy import text
+
+    from services.common.outbox import Outbox
+    from services.orders.models import OrdersBase, OutboxMessage
+
+    uri = make_database("orders")
+    outbox = Outbox(OrdersBase, OutboxMessage)
+    outbox.container = SimpleNamespace(service_name="orders", config={
+        "AMQP_URI": rabbit_config["AMQP_URI"], "DB_URIS": {"orders:OrdersBase": uri}})
+    outbox.setup()
+    queue = bound_queue(rabbit_config["AMQP_URI"], outbox.exchange)
+    held, lost = (new_event("orders", "order_created", {"n": n}) for n in (1, 2))
+    try:
+        with outbox.Session.begin() as session:
+            for body in (held, lost):
+                session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body))
+        outbox._inflight.add(held["id"])  # committed, queued for the publisher, not sent yet
+
+        assert outbox.relay_once(grace=timedelta(0)) == 1
+        assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == [lost["id"]]
+        with outbox.engine.connect() as connection:
+            unsent = connection.execute(text("SELECT event_id FROM outbox WHERE published_at IS NULL")).scalars()
+            assert list(unsent) == [held["id"]]
+    finally:
+        outbox.publisher.close()
+        outbox.engine.dispose()

@@ -1,0 +1,74 @@
+"""A database that is down is a 503 for clients and a reason to wait for
+consumers, never a 500 or a dead letter."""
+import json
+
+from kombu import Queue
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from services.common.consumers import ATTEMPT_HEADER, ReliableEventHandler
+from services.common.errors import NotFound, ServiceUnavailable, is_unavailable
+from services.common.http import JsonHttpHandler
+
+
+def operational_error():
+    return OperationalError("SELECT 1", {}, Exception("could not connect to server: Connection refused"))
+
+
+def test_what_counts_as_unavailable():
+    assert is_unavailable(operational_error())
+    assert is_unavailable(ServiceUnavailable("inventory did not answer"))
+    assert is_unavailable(DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True))
+    assert not is_unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_unavailable(NotFound("no such order"))
+    assert not is_unavailable(ValueError("bug"))
+
+
+def test_a_database_error_reaches_the_client_as_json_503_with_retry_after():
+    response = JsonHttpHandler("POST", "/orders").response_from_exception(operational_error())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    body = json.loads(response.get_data(as_text=True))
+    assert body["error"] == "service_unavailable"
+    assert body["details"] == {"reason": "OperationalError"}
+    assert "connect" not in body["message"]  # no driver internals leak out
+
+
+class FakeMessage:
+    def __init__(self, attempt):
+        self.headers = {ATTEMPT_HEADER: attempt}
+        self.body = b"{}"
+        self.content_type = "application/json"
+        self.content_encoding = "utf-8"
+        self.properties = {"message_id": "m-1"}
+        self.delivery_info = {"exchange": "orders.events", "routing_key": "order_created"}
+
+
+class RecordingPublisher:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, body, routing_key, headers, **kwargs):
+        self.sent.append((routing_key, headers))
+
+
+def handler():
+    reliable = ReliableEventHandler("orders", "order_created")
+    reliable.max_attempts, reliable.backoff_base, reliable.backoff_max = 3, 0.01, 0.02
+    reliable.queue = Queue("evt-orders-order_created--inventory.reserve_stock")
+    reliable.dead_letters = Queue("inventory.dead-letters")
+    reliable.publisher = RecordingPublisher()
+    return reliable
+
+
+def test_a_consumer_keeps_retrying_while_the_database_is_down_but_dead_letters_a_bug():
+    reliable = handler()
+    reliable._retry_or_dead_letter(FakeMessage(attempt=9), operational_error())
+    (queue, headers), = reliable.publisher.sent
+    assert queue == "evt-orders-order_created--inventory.reserve_stock.retry"
+    assert headers[ATTEMPT_HEADER] == 10
+
+    reliable = handler()
+    reliable._retry_or_dead_letter(FakeMessage(attempt=3), ValueError("bug"))
+    (queue, headers), = reliable.publisher.sent
+    assert queue == "inventory.dead-letters"
+    assert headers["x-error-type"] == "ValueError"
