@@ -83,3 +83,23 @@ def service_config(rabbit_config, make_database, backend):
         for service, base in SERVICES.items()
     }
     return config
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    """A real SMTP server on loopback, not yet started: tests start, stop and slow it."""
+    from tests.notifications_fakes import SmtpSink
+
+    sink = SmtpSink(tmp_path, free_port())
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def provider():
+    """A real HTTP server on loopback standing in for the SMS and push providers."""
+    from tests.notifications_fakes import WebhookSink
+
+    sink = WebhookSink().start()
+    yield sink
+    sink.stop()

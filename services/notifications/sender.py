@@ -23,6 +23,7 @@ from eventlet.event import Event
 from eventlet.queue import Empty, Full, LightQueue
 from nameko.extensions import DependencyProvider
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from services.common import correlation
 from services.common.db import database_uri, make_engine
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 10
 PENDING = (domain.QUEUED, domain.SENDING)
 MIN_WAIT = 0.01
+RECORD_RETRY_FIRST = 0.2
+RECORD_RETRY_MAX = 5
 
 
 def _aware(moment):
@@ -223,11 +226,26 @@ class Sender(DependencyProvider):
             outcome, message = domain.outcome_of(error), (error.message if error else None)
             self._log(row, number, round_attempts, decision)
         table = Notification.__table__
-        with self.engine.begin() as connection:
-            connection.execute(update(table).where(table.c.id == row.id).values(**changes))
-            connection.execute(DeliveryAttempt.__table__.insert().values(
-                notification_id=row.id, number=number, at=started, outcome=outcome, error=message,
-                duration_ms=duration_ms))
+        attempt = dict(notification_id=row.id, number=number, at=started, outcome=outcome, error=message,
+                       duration_ms=duration_ms)
+        # The message has gone (or not); losing that fact to a database blip
+        # would leave the row claimed until its lease lapses and then send it
+        # again, so keep trying while this process still holds the claim.
+        deadline = time.monotonic() + self.lease.total_seconds() / 2
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(update(table).where(table.c.id == row.id).values(**changes))
+                    connection.execute(DeliveryAttempt.__table__.insert().values(**attempt))
+                return
+            except DBAPIError as exc:
+                if not self._running or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("notification %s: recording the attempt failed (%s); retrying in %.1fs",
+                            row.id, type(exc).__name__, delay)
+                eventlet.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX)
 
     def _log(self, row, number, round_attempts, decision):
         where = "{} {} to {}".format(row.id, row.channel, domain.mask(row.address))

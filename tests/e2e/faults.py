@@ -128,6 +128,13 @@ class Databases:
                 "ORDER BY 1 DESC LIMIT 1")).scalar() or 0
         return sent, copies
 
+    def notification_states(self, order_ids):
+        """What became of the notifications of these orders (for failure messages)."""
+        with self.notifications.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(
+                "SELECT order_id, event_type, channel, status, attempt_count, last_error FROM notifications"
+            )) if row[0] in order_ids] or "no notification rows"
+
     def unpublished(self):
         found = 0
         for engine in (self.orders, self.inventory):
@@ -149,8 +156,8 @@ def assert_everything_settled(stream, databases, timeout=45):
         pending = [i for i in accepted if statuses[i] == "pending"]
         notified, _ = databases.notified_orders()
         unnotified = [i for i in accepted if i not in notified]
-        assert not pending and not unnotified, "{} pending, {} not notified".format(
-            len(pending), len(unnotified))
+        assert not pending and not unnotified, "{} pending, {} not notified: {}".format(
+            len(pending), len(unnotified), databases.notification_states(unnotified[:3]))
         return statuses
 
     statuses = eventually(settled, timeout=timeout, interval=0.5, message="every accepted order settled")

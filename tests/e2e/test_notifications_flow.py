@@ -5,22 +5,10 @@ import time
 
 import pytest
 
-from tests.helpers import eventually, free_port
-from tests.notifications_fakes import FAST_DELIVERY, SmtpSink, WebhookSink, smtp_settings
+from tests.helpers import eventually
+from tests.notifications_fakes import FAST_DELIVERY, smtp_settings
 
 
-@pytest.fixture
-def smtp(tmp_path):
-    sink = SmtpSink(tmp_path, free_port())
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def provider():
-    sink = WebhookSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from services.common import errors  # noqa: F401  (typed remote errors)
 from services.common.events import new_event
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually, free_port
-from tests.notifications_fakes import FAST_DELIVERY, SmtpSink, order_data, smtp_settings
+from tests.helpers import eventually
+from tests.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
 
 
 BOTH_DATABASES = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -21,12 +21,6 @@ def backend():
     """SQLite unless a test asks for both (the claim and retry queries run on each)."""
     return "sqlite"
 
-
-@pytest.fixture
-def smtp(tmp_path):
-    sink = SmtpSink(tmp_path, free_port())
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

@@ -15,21 +15,15 @@ from services.common.events import new_event, utcnow
 from services.common.migrate import alembic_config
 from services.notifications.models import Notification
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually, free_port
-from tests.notifications_fakes import FAST_DELIVERY, SmtpSink, order_data, smtp_settings
+from tests.helpers import eventually
+from tests.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
 
 DB_KEY = "notifications:NotificationsBase"
 
 
 @pytest.fixture
-def smtp(tmp_path):
-    sink = SmtpSink(tmp_path, free_port()).start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
 def config(service_config, smtp):
+    smtp.start()
     service_config.update(FAST_DELIVERY)
     service_config.update(smtp_settings(smtp.port))
     service_config["NOTIFY_POLL_INTERVAL"] = 0.1  # both instances look often: claims collide

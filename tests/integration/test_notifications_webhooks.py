@@ -8,7 +8,7 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import new_event
 from services.notifications.service import NotificationsService
 from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, WebhookSink, order_data
+from tests.notifications_fakes import FAST_DELIVERY, order_data
 
 AUTH = "Authorization: Bearer test-token"
 
@@ -17,12 +17,6 @@ AUTH = "Authorization: Bearer test-token"
 def backend():
     return "sqlite"
 
-
-@pytest.fixture
-def provider():
-    sink = WebhookSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture
