@@ -59,6 +59,10 @@ IDEMPOTENCY_PURGE_INTERVAL = 300
 
 order_schema = OrderSchema()
 order_event_schema = OrderSchema(exclude=("history",))
+# inventory's answers arrive once per order: their schemas are built once
+stock_reserved_schema = StockReservedSchema()
+stock_rejected_schema = StockRejectedSchema()
+product_changed_schema = ProductChangedSchema()
 
 
 class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
@@ -302,12 +306,12 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
 
     @event_handler("inventory", "stock_reserved")
     def confirm_order(self, body):
-        event = parse_event(body, StockReservedSchema())
+        event = parse_event(body, stock_reserved_schema)
         self._settle(event, "confirm_order", domain.CONFIRMED, "stock reserved")
 
     @event_handler("inventory", "stock_rejected")
     def reject_order(self, body):
-        event = parse_event(body, StockRejectedSchema())
+        event = parse_event(body, stock_rejected_schema)
         self._settle(event, "reject_order", domain.REJECTED, "stock not available",
                      reasons=event.data["reasons"])
 
@@ -350,7 +354,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
 
     @event_handler("inventory", "product_changed")
     def update_catalogue(self, body):
-        event = parse_event(body, ProductChangedSchema())
+        event = parse_event(body, product_changed_schema)
         with self.db.get_session() as session:
             if first_delivery(session, ProcessedEvent, event, "update_catalogue"):
                 self._apply_product(session, event.data)
