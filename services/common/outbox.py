@@ -166,7 +166,7 @@ class OutboxWriter:
         correlation_id = self._worker_ctx.data.get(CONTEXT_KEY)
         # a Core INSERT in the caller's transaction: as atomic as an ORM
         # object, without a unit-of-work flush for a row nobody reads back
-        session.execute(insert(self._provider.model.__table__), {
+        session.connection().execute(insert(self._provider.model.__table__), {
             "event_id": body["id"], "event_type": event_type, "body": body,
             "correlation_id": correlation_id, "created_at": utcnow()})
         self._provider.publish_after_commit(session, (event_type, body, correlation_id))

@@ -152,7 +152,8 @@ class InventoryService(DeadLetterRpc):
             # Core statements for the decision row: it runs once per order,
             # and the ORM's load and flush were most of its cost
             reservations = Reservation.__table__
-            decided = session.execute(
+            connection = session.connection()
+            decided = connection.execute(
                 select(reservations.c.order_id).where(reservations.c.order_id == order_id)).first()
             if decided is not None:
                 log.info("order %s already has a reservation decision; nothing to do", order_id)
@@ -160,14 +161,14 @@ class InventoryService(DeadLetterRpc):
             failed_sku = self._reserve_all_or_nothing(session, requested)
             now = utcnow()
             if failed_sku is None:
-                session.execute(insert(reservations), {
+                connection.execute(insert(reservations), {
                     "order_id": order_id, "status": Reservation.RESERVED, "lines": requested, "reasons": None,
                     "created_at": now, "updated_at": now})
                 self.outbox.add(session, "stock_reserved", {"order_id": order_id, "lines": _as_lines(requested)})
                 log.info("order %s: stock reserved", order_id)
                 return
             reasons = self._explain_shortfall(session, requested, failed_sku)
-            session.execute(insert(reservations), {
+            connection.execute(insert(reservations), {
                 "order_id": order_id, "status": Reservation.REJECTED, "lines": requested, "reasons": reasons,
                 "created_at": now, "updated_at": now})
             self.outbox.add(session, "stock_rejected", {"order_id": order_id, "reasons": reasons})
@@ -223,8 +224,9 @@ class InventoryService(DeadLetterRpc):
         """
         done = []
         products = Product.__table__  # Core: no ORM bulk-update machinery per line
+        connection = session.connection()
         for sku, quantity in requested.items():
-            result = session.execute(
+            result = connection.execute(
                 update(products)
                 .where(products.c.sku == sku, products.c.active.is_(True),
                        products.c.on_hand - products.c.reserved >= quantity)
@@ -232,7 +234,7 @@ class InventoryService(DeadLetterRpc):
             )
             if result.rowcount != 1:
                 for done_sku, done_quantity in done:
-                    session.execute(
+                    connection.execute(
                         update(products).where(products.c.sku == done_sku)
                         .values(reserved=products.c.reserved - done_quantity)
                     )

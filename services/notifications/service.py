@@ -88,7 +88,8 @@ class NotificationsService(DeadLetterRpc):
             # Core statements: this runs once per order, and the ORM's
             # identity map and flush were most of its cost
             preferences = Preference.__table__
-            preference = session.execute(
+            connection = session.connection()
+            preference = connection.execute(
                 select(preferences.c.channels, preferences.c.phone, preferences.c.device_token)
                 .where(preferences.c.customer_email == _preference_key(order["customer_email"]))).first()
             planned = domain.plan_deliveries(
@@ -107,7 +108,7 @@ class NotificationsService(DeadLetterRpc):
                     "attempt_count": 0, "round_attempts": 0, "correlation_id": self.correlation_id,
                     "created_at": now, "updated_at": now, "sent_at": None})
             if rows:
-                session.execute(insert(Notification.__table__), rows)
+                connection.execute(insert(Notification.__table__), rows)
         for delivery in planned:
             if delivery.status == domain.SKIPPED:
                 log.warning("order %s: %s notification skipped: %s", order["id"], delivery.channel, delivery.reason)

@@ -58,6 +58,8 @@ DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
 IDEMPOTENCY_PURGE_INTERVAL = 300
 
 order_schema = OrderSchema()
+catalogue_table = CatalogueItem.__table__
+lines_table = OrderLine.__table__
 order_event_schema = OrderSchema(exclude=("history",))
 # inventory's answers arrive once per order: their schemas are built once
 stock_reserved_schema = StockReservedSchema()
@@ -198,9 +200,9 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         skus = [line["sku"] for line in data["lines"]]
         catalogue = {
             sku: (name, price)
-            for sku, name, price in session.execute(
-                select(CatalogueItem.sku, CatalogueItem.name, CatalogueItem.price)
-                .where(CatalogueItem.sku.in_(skus), CatalogueItem.active.is_(True)))
+            for sku, name, price in session.connection().execute(
+                select(catalogue_table.c.sku, catalogue_table.c.name, catalogue_table.c.price)
+                .where(catalogue_table.c.sku.in_(skus), catalogue_table.c.active.is_(True)))
         }
         try:
             priced, total = domain.price_lines(data["lines"], catalogue)
@@ -217,15 +219,16 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         # same values, in the shape OrderSchema gives a stored order.
         now = utcnow()
         order_id = str(uuid.uuid4())
-        session.execute(insert(Order.__table__), {
+        connection = session.connection()  # the session's transaction, without ORM execution
+        connection.execute(insert(Order.__table__), {
             "id": order_id, "customer_email": data["customer_email"], "status": domain.PENDING,
             "total": total, "reasons": None, "correlation_id": self.correlation_id,
             "created_at": now, "updated_at": now})
-        session.execute(insert(OrderLine.__table__), [
+        connection.execute(insert(OrderLine.__table__), [
             {"order_id": order_id, "position": index, "sku": line["sku"], "name": line["name"],
              "quantity": line["quantity"], "unit_price": line["unit_price"]}
             for index, line in enumerate(priced)])
-        session.execute(insert(StatusChange.__table__), {
+        connection.execute(insert(StatusChange.__table__), {
             "order_id": order_id, "from_status": None, "to_status": domain.PENDING, "reason": "placed",
             "at": now})
         self.outbox.add(session, "order_created", {
@@ -327,7 +330,8 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
             if not first_delivery(session, ProcessedEvent, event, consumer):
                 return
             orders = Order.__table__
-            row = session.execute(
+            connection = session.connection()  # the session's transaction, without ORM execution
+            row = connection.execute(
                 select(orders).where(orders.c.id == event.data["order_id"]).with_for_update()).first()
             if row is None:
                 log.error("%s for unknown order %s; ignored", event.type, event.data["order_id"])
@@ -337,17 +341,17 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
                 # releases on order_cancelled, so nothing to undo here.
                 log.info("order %s is %s; %s ignored", row.id, row.status, event.type)
                 return
-            lines = session.execute(
-                select(OrderLine.__table__).where(OrderLine.order_id == row.id)
-                .order_by(OrderLine.position)).all()
+            lines = connection.execute(
+                select(lines_table).where(lines_table.c.order_id == row.id)
+                .order_by(lines_table.c.position)).all()
             now = utcnow()
             changes = {"status": status, "updated_at": now}
             if reasons is not None:
                 changes["reasons"] = reasons
-            session.execute(insert(StatusChange.__table__), {
+            connection.execute(insert(StatusChange.__table__), {
                 "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason,
                 "at": now})
-            session.execute(update(orders).where(orders.c.id == row.id).values(**changes))
+            connection.execute(update(orders).where(orders.c.id == row.id).values(**changes))
             order = dict(row._mapping, lines=lines, **changes)
             self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=row.id))
             log.info("order %s is now %s (%s)", row.id, status, reason)
