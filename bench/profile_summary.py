@@ -12,12 +12,18 @@ import re
 
 def load(path):
     stacks = []
+    pending = ""
     with open(path) as stream:
         for line in stream:
-            line = line.rstrip("\n")
-            if not line:
+            # a frame named after code compiled from a string (SQLAlchemy's
+            # generated functions) can contain newlines: a record ends only
+            # at a line ending in its sample count
+            pending += line.rstrip("\n")
+            stack, _, count = pending.rpartition(" ")
+            if not count.isdigit():
+                pending += " "
                 continue
-            stack, _, count = line.rpartition(" ")
+            pending = ""
             stacks.append((stack.split(";"), int(count)))
     return stacks
 

@@ -15,6 +15,7 @@ outage lasts, and never dead-lettered for it.
 events it handled in the same transaction as their effect, so a redelivered
 event changes nothing twice.
 """
+import functools
 import logging
 import random
 from datetime import datetime, timezone
@@ -168,6 +169,15 @@ class ProcessedEventMixin:
     processed_at = Column(DateTime(timezone=True), nullable=False, default=utcnow)
 
 
+@functools.lru_cache(maxsize=None)
+def _insert_if_new(table, dialect):
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table).on_conflict_do_nothing(index_elements=["event_id", "consumer"])
+
+
 def first_delivery(session, model, event, consumer):
     """Record ``event`` as handled by ``consumer``; False if it already was.
 
@@ -180,14 +190,11 @@ def first_delivery(session, model, event, consumer):
     """
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        inserted = session.execute(
-            insert(model.__table__)
-            .values(event_id=event.id, consumer=consumer, processed_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["event_id", "consumer"])
+        # on the session's own connection (same transaction), with a statement
+        # built once: this runs for every event every consumer handles
+        inserted = session.connection().execute(
+            _insert_if_new(model.__table__, dialect),
+            {"event_id": event.id, "consumer": consumer, "processed_at": utcnow()},
         ).rowcount
         if not inserted:
             log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)

@@ -43,12 +43,17 @@ def new_event(source, event_type, data):
     }
 
 
+# one instance for every event every service reads (a schema keeps no state
+# between loads; building one per event showed in the profiles)
+_envelope_schema = EnvelopeSchema()
+
+
 def parse_event(body, data_schema):
     """Validate an incoming event; raise MalformedMessage if it never will be."""
     if not isinstance(body, dict):
         raise MalformedMessage("event body is not an object: {!r}".format(type(body).__name__))
     try:
-        envelope = EnvelopeSchema().load(body)
+        envelope = _envelope_schema.load(body)
         data = data_schema.load(envelope["data"])
     except ValidationError as exc:
         raise MalformedMessage("invalid event: {}".format(exc.messages)) from exc

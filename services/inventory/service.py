@@ -9,7 +9,7 @@ import logging
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 product_schema = ProductSchema()
 product_changed_schema = ProductChangedSchema()
+# built once (once per order they were a visible share of the profile)
+order_created_schema = OrderCreatedSchema()
+order_cancelled_schema = OrderCancelledSchema()
 
 
 
@@ -140,30 +143,40 @@ class InventoryService(DeadLetterRpc):
 
     @event_handler("orders", "order_created")
     def reserve_stock(self, body):
-        event = parse_event(body, OrderCreatedSchema())
+        event = parse_event(body, order_created_schema)
         order_id = event.data["order_id"]
         requested = domain.quantities_by_sku(event.data["lines"])
         with self.db.get_session() as session:
             if not first_delivery(session, ProcessedEvent, event, "reserve_stock"):
                 return
-            if session.get(Reservation, order_id) is not None:
+            # Core statements for the decision row: it runs once per order,
+            # and the ORM's load and flush were most of its cost
+            reservations = Reservation.__table__
+            connection = session.connection()
+            decided = connection.execute(
+                select(reservations.c.order_id).where(reservations.c.order_id == order_id)).first()
+            if decided is not None:
                 log.info("order %s already has a reservation decision; nothing to do", order_id)
                 return
             failed_sku = self._reserve_all_or_nothing(session, requested)
+            now = utcnow()
             if failed_sku is None:
-                session.add(Reservation(order_id=order_id, status=Reservation.RESERVED, lines=requested))
+                connection.execute(insert(reservations), {
+                    "order_id": order_id, "status": Reservation.RESERVED, "lines": requested, "reasons": None,
+                    "created_at": now, "updated_at": now})
                 self.outbox.add(session, "stock_reserved", {"order_id": order_id, "lines": _as_lines(requested)})
                 log.info("order %s: stock reserved", order_id)
                 return
             reasons = self._explain_shortfall(session, requested, failed_sku)
-            session.add(Reservation(order_id=order_id, status=Reservation.REJECTED,
-                                    lines=requested, reasons=reasons))
+            connection.execute(insert(reservations), {
+                "order_id": order_id, "status": Reservation.REJECTED, "lines": requested, "reasons": reasons,
+                "created_at": now, "updated_at": now})
             self.outbox.add(session, "stock_rejected", {"order_id": order_id, "reasons": reasons})
             log.info("order %s: stock rejected: %s", order_id, reasons)
 
     @event_handler("orders", "order_cancelled")
     def release_stock(self, body):
-        event = parse_event(body, OrderCancelledSchema())
+        event = parse_event(body, order_cancelled_schema)
         order_id = event.data["order_id"]
         with self.db.get_session() as session:
             if not first_delivery(session, ProcessedEvent, event, "release_stock"):
@@ -210,20 +223,20 @@ class InventoryService(DeadLetterRpc):
         reserved in this transaction are given back before it commits.
         """
         done = []
+        products = Product.__table__  # Core: no ORM bulk-update machinery per line
+        connection = session.connection()
         for sku, quantity in requested.items():
-            result = session.execute(
-                update(Product)
-                .where(Product.sku == sku, Product.active.is_(True),
-                       Product.on_hand - Product.reserved >= quantity)
-                .values(reserved=Product.reserved + quantity, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+            result = connection.execute(
+                update(products)
+                .where(products.c.sku == sku, products.c.active.is_(True),
+                       products.c.on_hand - products.c.reserved >= quantity)
+                .values(reserved=products.c.reserved + quantity, updated_at=utcnow())
             )
             if result.rowcount != 1:
                 for done_sku, done_quantity in done:
-                    session.execute(
-                        update(Product).where(Product.sku == done_sku)
-                        .values(reserved=Product.reserved - done_quantity)
-                        .execution_options(synchronize_session=False)
+                    connection.execute(
+                        update(products).where(products.c.sku == done_sku)
+                        .values(reserved=products.c.reserved - done_quantity)
                     )
                 return sku
             done.append((sku, quantity))

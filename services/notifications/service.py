@@ -13,7 +13,7 @@ import logging
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko_tracer import Tracer
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import selectinload
 
 from services.common.consumers import event_handler, first_delivery
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 notification_schema = NotificationSchema()
 preferences_schema = PreferencesOutSchema()
+# built once: every order event is parsed with it
+order_event_schema = OrderEventSchema()
 renderer = Renderer()
 
 
@@ -78,25 +80,35 @@ class NotificationsService(DeadLetterRpc):
         self._notify(body, "order_cancelled")
 
     def _notify(self, body, event_type):
-        event = parse_event(body, OrderEventSchema())
+        event = parse_event(body, order_event_schema)
         order = event.data
         with self.db.get_session() as session:
             if not first_delivery(session, ProcessedEvent, event, "notify"):
                 return
-            preference = session.get(Preference, _preference_key(order["customer_email"]))
+            # Core statements: this runs once per order, and the ORM's
+            # identity map and flush were most of its cost
+            preferences = Preference.__table__
+            connection = session.connection()
+            preference = connection.execute(
+                select(preferences.c.channels, preferences.c.phone, preferences.c.device_token)
+                .where(preferences.c.customer_email == _preference_key(order["customer_email"]))).first()
             planned = domain.plan_deliveries(
                 _preference_dict(preference) if preference else None, order["customer_email"],
                 self.sender.configured)
             now = utcnow()
+            rows = []
             for delivery in planned:
                 content = renderer.render(event_type, delivery.template, order)
-                session.add(Notification(
-                    event_id=event.id, event_type=event_type, order_id=order["id"],
-                    recipient=order["customer_email"], channel=delivery.channel, address=delivery.address,
-                    subject=content.subject[:200], body=content.body, html_body=content.html,
-                    status=delivery.status, last_error=delivery.reason,
-                    next_attempt_at=now if delivery.status == domain.QUEUED else None,
-                    attempt_count=0, round_attempts=0, correlation_id=self.correlation_id))
+                rows.append({
+                    "event_id": event.id, "event_type": event_type, "order_id": order["id"],
+                    "recipient": order["customer_email"], "channel": delivery.channel, "address": delivery.address,
+                    "subject": content.subject[:200], "body": content.body, "html_body": content.html,
+                    "status": delivery.status, "last_error": delivery.reason,
+                    "next_attempt_at": now if delivery.status == domain.QUEUED else None,
+                    "attempt_count": 0, "round_attempts": 0, "correlation_id": self.correlation_id,
+                    "created_at": now, "updated_at": now, "sent_at": None})
+            if rows:
+                connection.execute(insert(Notification.__table__), rows)
         for delivery in planned:
             if delivery.status == domain.SKIPPED:
                 log.warning("order %s: %s notification skipped: %s", order["id"], delivery.channel, delivery.reason)

@@ -5,6 +5,7 @@ The same classes validate requests and generate the OpenAPI document
 """
 import base64
 import binascii
+import functools
 import json
 import re
 from datetime import datetime, timezone
@@ -66,11 +67,16 @@ class _LineSchema(_Strict):
     quantity = fields.Integer(required=True, strict=True)
 
 
+@functools.lru_cache(maxsize=8)
 def place_order_schema(max_quantity=1000, max_lines=100):
     """The body of ``POST /orders``; limits come from config.
 
     A sku may appear once per order: a repeated sku is refused, not merged,
     so that what the client sent is exactly what is stored.
+
+    Cached per pair of limits: building the two schema classes cost about 4%
+    of the orders process's CPU when it was done for every request, and a
+    schema instance keeps no state between loads.
     """
 
     class LineSchema(_LineSchema):

@@ -54,6 +54,36 @@ def test_inventory_answers_move_the_order_once(orders, outbox):
     assert outbox.types() == ["order_created", "order_confirmed"]
 
 
+def test_the_answer_to_a_new_order_is_the_stored_order_as_read_back(orders):
+    # placing builds its answer from the values it inserts, without the ORM:
+    # it must be exactly what reading the order gives
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 2}])
+    assert order == orders.get_order(order["id"])
+    assert order["lines"] == [{"sku": "A", "name": "Apple", "quantity": 2, "unit_price": 150, "line_total": 300}]
+    assert [(change["from"], change["to"]) for change in order["history"]] == [(None, "pending")]
+
+
+@pytest.mark.parametrize("answer,status,reasons", [
+    ("stock_reserved", "confirmed", None),
+    ("stock_rejected", "rejected", [{"sku": "A", "reason": "insufficient_stock", "requested": 2,
+                                     "available": 1}]),
+])
+def test_inventory_answers_announce_the_order_as_stored(orders, outbox, answer, status, reasons):
+    order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 2}])
+    data = {"order_id": order["id"]}
+    if reasons is not None:
+        data["reasons"] = reasons
+    handler = orders.confirm_order if answer == "stock_reserved" else orders.reject_order
+    handler(new_event("inventory", answer, data))
+    stored = orders.get_order(order["id"])
+    assert stored["status"] == status and stored["reasons"] == reasons
+    assert [(change["from"], change["to"]) for change in stored["history"]] == [(None, "pending"), ("pending", status)]
+    event_type, payload = outbox.events[-1]
+    assert event_type == "order_" + status
+    expected = {key: value for key, value in stored.items() if key != "history"}
+    assert payload == dict(expected, order_id=order["id"])
+
+
 def test_cancel_twice_is_a_conflict_not_a_second_release(orders, outbox):
     order = orders.create_order("ann@example.com", [{"sku": "A", "quantity": 1}])
     orders.confirm_order(new_event("inventory", "stock_reserved", {"order_id": order["id"]}))
