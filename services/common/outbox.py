@@ -322,7 +322,3 @@ class Outbox(DependencyProvider):
                     self.model.published_at < utcnow() - RETENTION,
                 )
             )
-
-    def pending_count(self):
-        with self.Session() as session:
-            return session.query(self.model).filter(self.model.published_at.is_(None)).count()
