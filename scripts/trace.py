@@ -21,16 +21,16 @@ import glob
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
 from services.common.db import make_engine
+from services.common.events import as_utc
 from services.common.masking import mask, mask_text
 from services.common.settings import load_config
 
-UTC = timezone.utc
 
 
 def _utc(value):
@@ -38,7 +38,7 @@ def _utc(value):
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value)
 
 
 class Step:

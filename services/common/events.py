@@ -33,6 +33,13 @@ def utcnow():
     return datetime.now(timezone.utc)
 
 
+def as_utc(moment):
+    """``moment`` with its UTC offset: SQLite hands datetimes back naive (they are UTC)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
 def new_event(source, event_type, data):
     return {
         "id": str(uuid.uuid4()),

@@ -34,7 +34,7 @@ from werkzeug.wrappers import Response
 
 from .consumers import dead_letter_queue_name
 from .db import database_uri, make_engine
-from .events import utcnow
+from .events import as_utc, utcnow
 from .http import http
 from .tracing import entrypoint_kind
 
@@ -181,9 +181,7 @@ class Metrics(DependencyProvider):
                     .where(self.outbox.published_at.is_(None))).one()
                 age = 0.0
                 if oldest is not None:
-                    if oldest.tzinfo is None:  # SQLite gives naive UTC back
-                        oldest = oldest.replace(tzinfo=utcnow().tzinfo)
-                    age = max(0.0, (utcnow() - oldest).total_seconds())
+                    age = max(0.0, (utcnow() - as_utc(oldest)).total_seconds())
                 families.append(GaugeMetricFamily(
                     "outbox_waiting", "Outbox rows committed but not yet published.",
                     labels=["service"]))

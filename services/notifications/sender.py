@@ -16,7 +16,7 @@ accepted a message but before recording it sends that message again later.
 """
 import logging
 import time
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 import eventlet
 from eventlet.event import Event
@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.common import correlation
 from services.common.db import database_uri, make_engine
-from services.common.events import utcnow
+from services.common.events import as_utc, utcnow
 
 from . import domain
 from .channels import Outgoing, build_channels
@@ -40,13 +40,6 @@ PENDING = (domain.QUEUED, domain.SENDING)
 MIN_WAIT = 0.01
 RECORD_RETRY_FIRST = 0.2
 RECORD_RETRY_MAX = 5
-
-
-def _aware(moment):
-    """SQLite hands datetimes back without their (UTC) offset."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 class Sender(DependencyProvider):
@@ -131,7 +124,7 @@ class Sender(DependencyProvider):
         if self._pool.free() == 0:
             return self.poll_interval  # a finishing delivery wakes the loop
         with self.engine.connect() as connection:
-            due = _aware(connection.execute(
+            due = as_utc(connection.execute(
                 select(func.min(Notification.next_attempt_at)).where(Notification.status.in_(PENDING))).scalar())
         if due is None:
             return self.poll_interval

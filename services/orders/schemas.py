@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from services.common.events import as_utc
 from services.common.schema import UtcDateTime
 
 from . import domain
@@ -111,9 +112,7 @@ class IdempotencyHeaderSchema(_Strict):
 
 def encode_cursor(created_at, order_id):
     """An opaque position after the order (created_at, id) in newest-first order."""
-    if created_at.tzinfo is None:  # SQLite hands back naive UTC
-        created_at = created_at.replace(tzinfo=timezone.utc)
-    raw = json.dumps([created_at.isoformat(), order_id], separators=(",", ":")).encode()
+    raw = json.dumps([as_utc(created_at).isoformat(), order_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

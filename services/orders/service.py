@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
@@ -23,7 +23,7 @@ from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import parse_event, utcnow
+from services.common.events import as_utc, parse_event, utcnow
 from services.common.metrics import Metrics, MetricsHttp
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy
@@ -174,7 +174,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
 
     def _stored_answer(self, session, key, fingerprint, cutoff):
         record = session.get(IdempotencyKey, key)
-        if record is None or _as_utc(record.created_at) < cutoff:
+        if record is None or as_utc(record.created_at) < cutoff:
             return None
         if record.request_hash != fingerprint:
             raise Conflict("This Idempotency-Key was used with a different body.",
@@ -378,6 +378,3 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
 def _log_placed(order):
     log.info("order %s placed (%d lines, total %d)", order["id"], len(order["lines"]), order["total"])
 
-
-def _as_utc(moment):
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
