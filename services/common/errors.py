@@ -21,12 +21,6 @@ class ServiceError(Exception):
     def __str__(self):
         return self.message
 
-    def to_dict(self):
-        body = {"error": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return body
-
 
 @deserialize_to_instance
 class InvalidInput(ServiceError):

@@ -20,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from .correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
 from .errors import InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
+from .schema import load_input
 
 log = logging.getLogger(__name__)
 
@@ -237,29 +238,19 @@ def read_json(request, schema=None, optional=False):
                             details={"_body": ["Not valid JSON."]}) from None
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.", details={"_body": ["Must be a JSON object."]})
-    if schema is None:
-        return body
-    try:
-        return schema.load(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return body if schema is None else load_input(schema, body)
 
 
 def read_query(request, schema):
     """The query string, validated by ``schema`` (unknown parameters refused)."""
-    try:
-        return schema.load(request.args.to_dict())
-    except ValidationError as exc:
-        raise validation_error(exc, "The query parameters are not valid.") from None
+    return load_input(schema, request.args.to_dict(), "The query parameters are not valid.")
 
 
 def read_headers(request, schema):
     """The headers ``schema`` names, validated like a body; other headers are not its business."""
     names = [field.data_key or name for name, field in schema.fields.items()]
-    try:
-        return schema.load({name: request.headers[name] for name in names if name in request.headers})
-    except ValidationError as exc:
-        raise validation_error(exc, "The request headers are not valid.") from None
+    return load_input(schema, {name: request.headers[name] for name in names if name in request.headers},
+                      "The request headers are not valid.")
 
 
 class MalformedJson(InvalidInput):

@@ -12,9 +12,9 @@ class UtcDateTime(fields.DateTime):
         return super()._serialize(as_utc(value), attr, obj, **kwargs)
 
 
-def load_input(schema, data):
+def load_input(schema, data, message="The request is not valid."):
     """``schema.load(data)``, or InvalidInput naming each field that is wrong."""
     try:
         return schema.load(data)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, message) from None

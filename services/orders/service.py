@@ -278,31 +278,51 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
     def change_status(self, order_id, status, reason):
         """Move an order to ``status`` and announce it, in one transaction."""
         with self.db.get_session() as session:
-            order = self._order(session, order_id, for_update=True)
+            row = self._lock_order(session, order_id)
+            if row is None:
+                raise _not_found(order_id)
             try:
-                domain.transition(order.status, status)
+                domain.transition(row.status, status)
             except domain.IllegalTransition as exc:
-                raise Conflict(str(exc), details={"status": [order.status]}) from None
-            self._move(session, order, status, reason)
-            return order_schema.dump(order)
+                raise Conflict(str(exc), details={"status": [row.status]}) from None
+            self._record_move(session, row, status, reason)
+            return order_schema.dump(self._order(session, order_id))
 
-    def _move(self, session, order, status, reason, reasons=None):
-        order.history.append(StatusChange(from_status=order.status, to_status=status, reason=reason))
-        order.status = status
+    @staticmethod
+    def _lock_order(session, order_id):
+        """The order's row, locked for this transaction (PostgreSQL), or None."""
+        orders = Order.__table__
+        return session.connection().execute(
+            select(orders).where(orders.c.id == str(order_id)).with_for_update()).first()
+
+    def _record_move(self, session, row, status, reason, reasons=None):
+        """A history row, the new status and the event announcing it, for a locked order row.
+
+        Core statements rather than the ORM: inventory's answers run this for
+        every order, and loading the history and flushing were most of the cost.
+        The event carries the order as OrderSchema shows it, less its history.
+        """
+        connection = session.connection()  # the session's transaction, without ORM execution
+        lines = connection.execute(
+            select(lines_table).where(lines_table.c.order_id == row.id)
+            .order_by(lines_table.c.position)).all()
+        now = utcnow()
+        changes = {"status": status, "updated_at": now}
         if reasons is not None:
-            order.reasons = reasons
-        session.flush()
+            changes["reasons"] = reasons
+        connection.execute(insert(StatusChange.__table__), {
+            "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason,
+            "at": now})
+        connection.execute(update(Order.__table__).where(Order.__table__.c.id == row.id).values(**changes))
+        order = dict(row._mapping, lines=lines, **changes)
         # every order event names its order as ``order_id``, like order_created
-        self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=order.id))
-        log.info("order %s is now %s (%s)", order.id, status, reason)
+        self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=row.id))
+        log.info("order %s is now %s (%s)", row.id, status, reason)
 
-    def _order(self, session, order_id, for_update=False):
-        statement = select(Order).where(Order.id == str(order_id))
-        if for_update:
-            statement = statement.with_for_update()
-        order = session.scalars(statement).first()
+    def _order(self, session, order_id):
+        order = session.scalars(select(Order).where(Order.id == str(order_id))).first()
         if order is None:
-            raise NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
+            raise _not_found(order_id)
         return order
 
     # inventory's answers ------------------------------------------------------
@@ -319,20 +339,11 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
                      reasons=event.data["reasons"])
 
     def _settle(self, event, consumer, status, reason, reasons=None):
-        """Move the order as inventory answered, in Core statements.
-
-        The same steps as ``_move`` (a history row, the new status, the
-        event with the order as OrderSchema shows it, less its history),
-        without loading the history or going through the ORM's flush: this
-        runs for every order, and those were most of its cost.
-        """
+        """Move the order as inventory answered, unless it already moved on."""
         with self.db.get_session() as session:
             if not first_delivery(session, ProcessedEvent, event, consumer):
                 return
-            orders = Order.__table__
-            connection = session.connection()  # the session's transaction, without ORM execution
-            row = connection.execute(
-                select(orders).where(orders.c.id == event.data["order_id"]).with_for_update()).first()
+            row = self._lock_order(session, event.data["order_id"])
             if row is None:
                 log.error("%s for unknown order %s; ignored", event.type, event.data["order_id"])
                 return
@@ -341,20 +352,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
                 # releases on order_cancelled, so nothing to undo here.
                 log.info("order %s is %s; %s ignored", row.id, row.status, event.type)
                 return
-            lines = connection.execute(
-                select(lines_table).where(lines_table.c.order_id == row.id)
-                .order_by(lines_table.c.position)).all()
-            now = utcnow()
-            changes = {"status": status, "updated_at": now}
-            if reasons is not None:
-                changes["reasons"] = reasons
-            connection.execute(insert(StatusChange.__table__), {
-                "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason,
-                "at": now})
-            connection.execute(update(orders).where(orders.c.id == row.id).values(**changes))
-            order = dict(row._mapping, lines=lines, **changes)
-            self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=row.id))
-            log.info("order %s is now %s (%s)", row.id, status, reason)
+            self._record_move(session, row, status, reason, reasons)
 
     @event_handler("inventory", "product_changed")
     def update_catalogue(self, body):
@@ -373,6 +371,10 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         elif version > item.version:
             item.name, item.price = product["name"], product["price"]
             item.active, item.version = product.get("active", True), version
+
+
+def _not_found(order_id):
+    return NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
 
 
 def _log_placed(order):
