@@ -36,6 +36,8 @@ from datetime import datetime, timezone  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
+from scripts.throwaway import create_database, drop_database, free_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "var", "bench")
 NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")
@@ -71,18 +73,6 @@ class Vhost:
         requests.delete("{}/api/vhosts/{}".format(MGMT, self.name), auth=MGMT_AUTH, timeout=30)
 
 
-def _pg_admin(sql):
-    import psycopg2
-
-    connection = psycopg2.connect(PG_ADMIN_DSN)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
-
-
 class Databases:
     """Fresh, migrated databases for the three services; dropped afterwards."""
 
@@ -93,31 +83,19 @@ class Databases:
         self.uris = {}
 
     def __enter__(self):
-        from services.common.migrate import SERVICES, upgrade
+        from services.common.migrate import SERVICES
 
         for service, base in SERVICES.items():
-            if self.backend == "sqlite":
-                uri = "sqlite:///{}".format(os.path.join(self.directory, service + ".sqlite3"))
-            else:
-                name = "bench_{}_{}".format(service, uuid.uuid4().hex[:10])
-                _pg_admin("CREATE DATABASE {}".format(name))
+            uri, name = create_database(service, self.backend, self.directory, PG_ADMIN_DSN, PG_URI_TEMPLATE,
+                                        prefix="bench")
+            if name:
                 self.created.append(name)
-                uri = PG_URI_TEMPLATE.format(name)
-            upgrade(service, uri)
             self.uris["{}:{}".format(service, base)] = uri
         return self
 
     def __exit__(self, *exc):
         for name in self.created:
-            _pg_admin("DROP DATABASE IF EXISTS {} WITH (FORCE)".format(name))
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+            drop_database(PG_ADMIN_DSN, name)
 
 
 def broker_process():

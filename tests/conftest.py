@@ -9,12 +9,11 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402
 
 import os  # noqa: E402
-import uuid  # noqa: E402
 
-import psycopg2  # noqa: E402
 import pytest  # noqa: E402
 
-from services.common.migrate import SERVICES, upgrade  # noqa: E402
+from scripts.throwaway import create_database, drop_database  # noqa: E402
+from services.common.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
@@ -33,35 +32,20 @@ FAST_SETTINGS = {
 }
 
 
-def _pg_admin(sql):
-    connection = psycopg2.connect(PG_ADMIN_DSN)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def make_database(tmp_path):
     """Factory: a fresh, migrated database for a service; dropped afterwards."""
     created = []
 
     def make(service, backend="sqlite"):
-        if backend == "sqlite":
-            uri = "sqlite:///{}".format(tmp_path / "{}.sqlite3".format(service))
-        else:
-            name = "test_{}_{}".format(service, uuid.uuid4().hex[:10])
-            _pg_admin("CREATE DATABASE {}".format(name))
+        uri, name = create_database(service, backend, tmp_path, PG_ADMIN_DSN, PG_URI_TEMPLATE)
+        if name:
             created.append(name)
-            uri = PG_URI_TEMPLATE.format(name)
-        upgrade(service, uri)
         return uri
 
     yield make
     for name in created:
-        _pg_admin("DROP DATABASE IF EXISTS {} WITH (FORCE)".format(name))
+        drop_database(PG_ADMIN_DSN, name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,12 +1,7 @@
 """Small helpers for tests that wait on an asynchronous system."""
-import socket
 import time
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from scripts.throwaway import free_port  # noqa: F401  (tests import it from here)
 
 
 def eventually(check, timeout=15.0, interval=0.1, message="condition"):

@@ -11,6 +11,7 @@ It runs as green threads inside the (eventlet-patched) test process.
 """
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.helpers import free_port
 
@@ -118,3 +119,11 @@ def _close(sock):
         sock.close()
     except OSError:
         pass
+
+
+def proxied(uri, default_port):
+    """A started proxy to the server ``uri`` names, and the same URI pointed at the proxy."""
+    parts = urlsplit(uri)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    return proxy, urlunsplit(parts._replace(netloc="{}@127.0.0.1:{}".format(userinfo, proxy.port)))

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.proxy import proxied
 from tests.system import System
 
 
@@ -24,3 +25,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture
+def broker_proxy(service_config):
+    """A cuttable proxy in front of the test's RabbitMQ vhost, and the AMQP URI through it."""
+    proxy, uri = proxied(service_config["AMQP_URI"], 5672)
+    yield proxy, uri
+    proxy.stop()

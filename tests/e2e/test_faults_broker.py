@@ -7,21 +7,8 @@ connection the services hold and refuses new ones, exactly what they see
 when the broker goes down; restoring it is the broker coming back.
 """
 import time
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
 
 from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
-from tests.proxy import TcpProxy
-
-
-@pytest.fixture
-def broker_proxy(service_config):
-    parts = urlsplit(service_config["AMQP_URI"])
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    yield proxy, urlunsplit(parts._replace(netloc="{}@127.0.0.1:{}".format(
-        parts.netloc.rsplit("@", 1)[0], proxy.port)))
-    proxy.stop()
 
 
 def test_services_reconnect_by_themselves_and_every_accepted_order_settles(

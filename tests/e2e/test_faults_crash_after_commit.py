@@ -8,11 +8,10 @@ window between commit and publish stays open until the process is killed.
 import time
 
 from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
-from tests.e2e.test_faults_broker import broker_proxy  # noqa: F401  (fixture)
 
 
 def test_events_committed_before_a_crash_are_delivered_after_the_restart(
-        service_config, tmp_path, broker_proxy):  # noqa: F811
+        service_config, tmp_path, broker_proxy):
     proxy, proxied_uri = broker_proxy
     system = make_system(service_config, tmp_path, AMQP_URI=proxied_uri)
     databases = Databases(system.config)

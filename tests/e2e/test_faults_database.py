@@ -8,23 +8,19 @@ written, and the system recovers without a restart: events that could not
 be handled during the outage are retried until the database is back.
 """
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
-from tests.proxy import TcpProxy
+from tests.proxy import proxied as proxied_uri
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_database_outage_gives_clean_503s_and_heals_without_a_restart(service_config, tmp_path):
     proxies, proxied = [], {}
     for key, uri in service_config["DB_URIS"].items():
-        parts = urlsplit(uri)
-        proxy = TcpProxy(parts.hostname, parts.port or 5432).start()
+        proxy, proxied[key] = proxied_uri(uri, 5432)
         proxies.append(proxy)
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        proxied[key] = urlunsplit(parts._replace(netloc="{}@127.0.0.1:{}".format(userinfo, proxy.port)))
     # the checks read the databases directly, not through the proxies
     databases = Databases(service_config)
     system = make_system(service_config, tmp_path, DB_URIS=proxied)
