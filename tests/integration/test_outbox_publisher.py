@@ -5,9 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import text
 
-from services.common.events import new_event
-from services.common.outbox import BatchPublisher, PublishFailed
+from services.common.events import new_event, utcnow
+from services.common.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
+from services.orders.models import OrdersBase, OutboxMessage
 from tests.helpers import free_port
 
 
@@ -57,30 +59,43 @@ def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
     assert failed.value.confirmed == []
 
 
-def test_the_relay_leaves_rows_the_publisher_holds_and_sends_the_rest(rabbit_config, make_database):
-    from sqlalchemy import text
-
-    from services.common.outbox import Outbox
-    from services.orders.models import OrdersBase, OutboxMessage
-
-    uri = make_database("orders")
+@pytest.fixture
+def orders_outbox(rabbit_config, make_database):
+    """The orders service's outbox provider on its own, outside a container."""
     outbox = Outbox(OrdersBase, OutboxMessage)
     outbox.container = SimpleNamespace(service_name="orders", config={
-        "AMQP_URI": rabbit_config["AMQP_URI"], "DB_URIS": {"orders:OrdersBase": uri}})
+        "AMQP_URI": rabbit_config["AMQP_URI"], "DB_URIS": {"orders:OrdersBase": make_database("orders")}})
     outbox.setup()
+    yield outbox
+    outbox.publisher.close()
+    outbox.engine.dispose()
+
+
+def test_the_relay_leaves_rows_the_publisher_holds_and_sends_the_rest(rabbit_config, orders_outbox):
+    outbox = orders_outbox
     queue = bound_queue(rabbit_config["AMQP_URI"], outbox.exchange)
     held, lost = (new_event("orders", "order_created", {"n": n}) for n in (1, 2))
-    try:
-        with outbox.Session.begin() as session:
-            for body in (held, lost):
-                session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body))
-        outbox._inflight.add(held["id"])  # committed, queued for the publisher, not sent yet
+    with outbox.Session.begin() as session:
+        for body in (held, lost):
+            session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body))
+    outbox._inflight.add(held["id"])  # committed, queued for the publisher, not sent yet
 
-        assert outbox.relay_once(grace=timedelta(0)) == 1
-        assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == [lost["id"]]
-        with outbox.engine.connect() as connection:
-            unsent = connection.execute(text("SELECT event_id FROM outbox WHERE published_at IS NULL")).scalars()
-            assert list(unsent) == [held["id"]]
-    finally:
-        outbox.publisher.close()
-        outbox.engine.dispose()
+    assert outbox.relay_once(grace=timedelta(0)) == 1
+    assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == [lost["id"]]
+    with outbox.engine.connect() as connection:
+        unsent = connection.execute(text("SELECT event_id FROM outbox WHERE published_at IS NULL")).scalars()
+        assert list(unsent) == [held["id"]]
+
+
+def test_old_sent_rows_are_forgotten_but_an_unsent_row_is_kept_however_old(orders_outbox):
+    outbox = orders_outbox
+    long_ago = utcnow() - RETENTION - timedelta(hours=1)
+    sent_long_ago, sent_lately, never_sent = (new_event("orders", "order_created", {"n": n}) for n in (1, 2, 3))
+    with outbox.Session.begin() as session:
+        for body, published_at in ((sent_long_ago, long_ago), (sent_lately, utcnow()), (never_sent, None)):
+            session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body,
+                                      created_at=long_ago, published_at=published_at))
+    outbox._forget_old()
+    with outbox.engine.connect() as connection:
+        kept = set(connection.execute(text("SELECT event_id FROM outbox")).scalars())
+    assert kept == {sent_lately["id"], never_sent["id"]}
