@@ -8,7 +8,6 @@ import logging
 
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
-from nameko_tracer import Tracer
 from sqlalchemy import insert, select, update
 
 from services.common.consumers import event_handler, first_delivery
@@ -21,6 +20,7 @@ from services.common.metrics import Metrics
 from services.common.outbox import Outbox
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.tracing import Tracer
 
 from . import domain
 from .models import InventoryBase, OutboxMessage, ProcessedEvent, Product, Reservation

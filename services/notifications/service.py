@@ -12,7 +12,6 @@ import logging
 
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
-from nameko_tracer import Tracer
 from sqlalchemy import insert, select
 from sqlalchemy.orm import selectinload
 
@@ -25,6 +24,7 @@ from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.tracing import Tracer
 
 from . import domain
 from .models import Notification, NotificationsBase, Preference, ProcessedEvent

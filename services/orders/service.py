@@ -14,7 +14,6 @@ from datetime import timedelta
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
-from nameko_tracer import Tracer
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -29,6 +28,7 @@ from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.tracing import Tracer
 
 from . import domain
 from .api import HttpApi, ReadinessRpcProxy

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 
 import eventlet
 from nameko.timer import timer
-from nameko_tracer import Tracer, constants
+from nameko_tracer import constants
 
 from services.common.correlation import CorrelationId
 from services.common.settings import load_config
 
 from services.common.masking import MaskEmails, mask, mask_text
 from services.common.tracing import (
-    HttpTraceAdapter, TraceAdapter, TraceFilter, TraceFormatter, service_name_from_argv, trace_line,
+    HttpTraceAdapter, TraceAdapter, TraceFilter, TraceFormatter, Tracer, service_name_from_argv, trace_line,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -195,3 +195,40 @@ def test_timer_calls_get_one_masked_line_each_with_their_own_correlation_id(cont
     assert first["correlation_id"] == Ticker.ticks[0] and second["correlation_id"] == Ticker.ticks[1]
     assert first["correlation_id"] != second["correlation_id"]
     assert "call" not in first  # nothing to summarise
+
+
+class Stages(logging.Handler):
+    """Every nameko_tracer record's stage, before any filter."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(getattr(record, constants.TRACE_KEY)[constants.STAGE_KEY])
+
+
+def _stages_traced(container_factory, stages):
+    config = load_config(os.path.join(ROOT, "config.yaml"))
+    handler = Stages()
+    tracer_logger = logging.getLogger("nameko_tracer")
+    tracer_logger.addHandler(handler)
+    tracer_logger.setLevel(logging.INFO)
+    Ticker.ticks = []
+    try:
+        container = container_factory(Ticker, {"TRACER": dict(config["TRACER"], STAGES=stages)})
+        container.start()
+        with eventlet.Timeout(5):
+            while handler.seen.count("response") < 3:
+                eventlet.sleep(0.02)
+        container.stop()
+    finally:
+        tracer_logger.removeHandler(handler)
+    return handler.seen
+
+
+def test_only_the_stages_configured_are_built_at_all(container_factory):
+    # the default keeps the response line only: the request record is never made
+    assert set(_stages_traced(container_factory, "response")) == {"response"}
+    both = _stages_traced(container_factory, "request,response")
+    assert both.count("request") >= both.count("response") >= 3
