@@ -13,16 +13,24 @@ UPDATE that only one of them can win, and the claim lapses after
 ``NOTIFY_LEASE`` seconds so that a crash mid-send does not strand it. The
 price is at-least-once delivery: a process that dies after the provider
 accepted a message but before recording it sends that message again later.
+
+The common case skips the claim: when this process has room to send at once,
+the handler writes its rows already claimed (``sending``, with the lease)
+in its own transaction and hands them over after commit (``reserve`` /
+``hand_over``). The outcomes of finished deliveries are recorded together,
+a batch per transaction. Neither changes what a crash costs: a claimed row
+lapses and goes again, as before.
 """
 import logging
 import time
+from collections import namedtuple
 from datetime import timedelta
 
 import eventlet
 from eventlet.event import Event
 from eventlet.queue import Empty, Full, LightQueue
 from nameko.extensions import DependencyProvider
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from services.common import correlation
@@ -40,6 +48,14 @@ PENDING = (domain.QUEUED, domain.SENDING)
 MIN_WAIT = 0.01
 RECORD_RETRY_FIRST = 0.2
 RECORD_RETRY_MAX = 5
+RECORD_LINGER = 0.005  # outcomes finishing this close together share a transaction
+
+# what sending a claimed notification needs, and what its claim read
+CLAIMED_FIELDS = ("id", "event_id", "event_type", "order_id", "channel", "address", "subject", "body",
+                  "html_body", "attempt_count", "round_attempts", "correlation_id")
+Claimed = namedtuple("Claimed", CLAIMED_FIELDS)
+OUTCOME_FIELDS = ("status", "last_error", "round_attempts", "next_attempt_at", "sent_at", "attempt_count",
+                  "updated_at")
 
 
 class Sender(DependencyProvider):
@@ -59,13 +75,19 @@ class Sender(DependencyProvider):
         uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
         self.engine = make_engine(uri, max_workers=self.concurrency)
         self._wakeup = LightQueue(maxsize=1)
+        self._reserved = 0  # slots promised to handlers whose rows are not handed over yet
+        self._room_wanted = False  # the loop left due rows behind for lack of a free slot
+        self._outcomes = []  # (claim, changes, attempt) waiting to be recorded
+        self._outcome_added = LightQueue(maxsize=1)
         log.info("notification channels: %s", ", ".join(sorted(self.channels)))
 
     def start(self):
         self._running = True
         self._pool = eventlet.GreenPool(self.concurrency)
         self._loop_done = Event()
+        self._recorder_done = Event()
         self.container.spawn_managed_thread(self._loop)
+        self.container.spawn_managed_thread(self._recorder)
 
     def stop(self):
         # Deliveries under way get a moment to finish and be recorded; one
@@ -76,6 +98,8 @@ class Sender(DependencyProvider):
             with eventlet.Timeout(STOP_TIMEOUT, False):
                 self._loop_done.wait()
                 self._pool.waitall()
+                self._signal_outcome()
+                self._recorder_done.wait()
         self.engine.dispose()
 
     def kill(self):
@@ -92,10 +116,30 @@ class Sender(DependencyProvider):
 
     def wake(self):
         """Look for due notifications now rather than at the next poll."""
-        try:
-            self._wakeup.put_nowait(True)
-        except Full:
-            pass
+        _signal(self._wakeup)
+
+    # hand-over: rows claimed when they are written ----------------------------------
+
+    def reserve(self, count):
+        """Promise ``count`` delivery slots to rows about to be written claimed; False if there is no room.
+
+        Without room the rows are written ``queued`` instead and wait for a
+        free slot here or in another instance.
+        """
+        if not self._running or self._pool.free() - self._reserved < count:
+            return False
+        self._reserved += count
+        return True
+
+    def release(self, count):
+        """Give back slots whose rows were never written (the transaction failed)."""
+        self._reserved -= count
+
+    def hand_over(self, claims):
+        """Deliver rows a handler wrote already claimed, now that they are committed."""
+        self._reserved -= len(claims)
+        for claim in claims:
+            self._pool.spawn_n(self._deliver_safely, claim)
 
     # the loop -------------------------------------------------------------------
 
@@ -117,11 +161,12 @@ class Sender(DependencyProvider):
     def dispatch_due(self):
         """Start delivering what is due; return how long to sleep before looking again."""
         now = utcnow()
-        free = self._pool.free()
+        free = self._pool.free() - self._reserved
         if free > 0:
             for row in self._claim(now, free):
                 self._pool.spawn_n(self._deliver_safely, row)
-        if self._pool.free() == 0:
+        self._room_wanted = self._pool.free() - self._reserved <= 0
+        if self._room_wanted:
             return self.poll_interval  # a finishing delivery wakes the loop
         with self.engine.connect() as connection:
             due = as_utc(connection.execute(
@@ -150,9 +195,7 @@ class Sender(DependencyProvider):
                 update(table)
                 .where(table.c.id.in_(list(candidates)), *due)
                 .values(status=domain.SENDING, next_attempt_at=now + self.lease, updated_at=now)
-                .returning(table.c.id, table.c.event_id, table.c.event_type, table.c.order_id,
-                           table.c.channel, table.c.address, table.c.subject, table.c.body, table.c.html_body,
-                           table.c.attempt_count, table.c.round_attempts, table.c.correlation_id)
+                .returning(*[table.c[field] for field in CLAIMED_FIELDS])
             ).all()
         for row in rows:
             if candidates[row.id] == domain.SENDING:
@@ -165,11 +208,12 @@ class Sender(DependencyProvider):
         try:
             self.deliver(row)
         except Exception:
-            log.exception("notification %s: delivery could not be recorded; it goes again "
+            log.exception("notification %s: delivery failed unexpectedly; it goes again "
                           "when its claim lapses", row.id)
         finally:
             correlation._current.value = None
-            self.wake()
+            if self._room_wanted:
+                self.wake()
 
     def deliver(self, row):
         """Send one claimed notification (a row from ``_claim``) and record the attempt."""
@@ -195,16 +239,17 @@ class Sender(DependencyProvider):
         self._record(row, started, duration_ms, error, skipped)
 
     def _record(self, row, started, duration_ms, error, skipped):
-        """The attempt and its consequence, in one transaction.
+        """Queue the attempt and its consequence for the recorder.
 
         The row is still claimed by this process, so the counters read at
         claim time are current.
         """
         now = utcnow()
         number = row.attempt_count + 1
-        changes = {"attempt_count": number, "updated_at": now}
+        changes = dict.fromkeys(OUTCOME_FIELDS)
+        changes.update(attempt_count=number, updated_at=now, round_attempts=row.round_attempts)
         if skipped:
-            changes.update(status=domain.SKIPPED, last_error=skipped, next_attempt_at=None)
+            changes.update(status=domain.SKIPPED, last_error=skipped)
             outcome, message = domain.OUTCOME_SKIPPED, skipped
             log.warning("notification %s skipped: %s", row.id, skipped)
         else:
@@ -218,25 +263,50 @@ class Sender(DependencyProvider):
                 changes["sent_at"] = now
             outcome, message = domain.outcome_of(error), (error.message if error else None)
             self._log(row, number, round_attempts, decision)
-        table = Notification.__table__
         attempt = dict(notification_id=row.id, number=number, at=started, outcome=outcome, error=message,
                        duration_ms=duration_ms)
-        # The message has gone (or not); losing that fact to a database blip
-        # would leave the row claimed until its lease lapses and then send it
-        # again, so keep trying while this process still holds the claim.
+        self._outcomes.append((row, changes, attempt))
+        self._signal_outcome()
+
+    def _signal_outcome(self):
+        _signal(self._outcome_added)
+
+    def _recorder(self):
+        """Write finished attempts, all that have piled up in one transaction."""
+        try:
+            while self._running or self._outcomes or self._pool.running():
+                try:
+                    self._outcome_added.get(timeout=self.poll_interval)
+                except Empty:
+                    continue
+                eventlet.sleep(RECORD_LINGER)
+                batch, self._outcomes = self._outcomes, []
+                if batch:
+                    self._write_outcomes(batch)
+        finally:
+            self._recorder_done.send()
+
+    def _write_outcomes(self, batch):
+        # The messages have gone (or not); losing that fact to a database blip
+        # would leave the rows claimed until their lease lapses and then send
+        # them again, so keep trying while this process still holds the claims.
+        table = Notification.__table__
         deadline = time.monotonic() + self.lease.total_seconds() / 2
         delay = RECORD_RETRY_FIRST
         while True:
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(update(table).where(table.c.id == row.id).values(**changes))
-                    connection.execute(DeliveryAttempt.__table__.insert().values(**attempt))
+                    connection.execute(_RECORD_OUTCOME, [dict(changes, claimed_id=row.id)
+                                                         for row, changes, _ in batch])
+                    connection.execute(insert(DeliveryAttempt.__table__), [attempt for _, _, attempt in batch])
                 return
             except DBAPIError as exc:
                 if not self._running or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("notification %s: recording the attempt failed (%s); retrying in %.1fs",
-                            row.id, type(exc).__name__, delay)
+                    log.error("notifications %s: recording the attempts failed (%s: %s); they go again "
+                              "when their claims lapse", [row.id for row, _, _ in batch], type(exc).__name__, exc)
+                    return
+                log.warning("notifications %s: recording the attempts failed (%s); retrying in %.1fs",
+                            [row.id for row, _, _ in batch], type(exc).__name__, delay)
                 eventlet.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX)
 
@@ -250,3 +320,16 @@ class Sender(DependencyProvider):
         else:
             log.error("notification %s failed after %d attempt(s): %s",
                       where, round_attempts, decision.error)
+
+
+_table = Notification.__table__
+# one statement for a whole batch of outcomes (executemany)
+_RECORD_OUTCOME = (update(_table).where(_table.c.id == bindparam("claimed_id"))
+                   .values({field: bindparam(field) for field in OUTCOME_FIELDS}))
+
+
+def _signal(queue):
+    try:
+        queue.put_nowait(True)
+    except Full:
+        pass

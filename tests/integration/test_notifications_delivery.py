@@ -171,3 +171,26 @@ def test_a_slow_mail_server_does_not_hold_the_event_handlers(config, smtp, notif
     assert all(note["status"] in ("queued", "sending") for note in notes)
     assert smtp.messages() == []  # still in the server's slow DATA phase
     eventually(lambda: len(smtp.messages()) == len(orders), timeout=15, message="all emails delivered")
+
+
+@BOTH_DATABASES
+def test_more_notifications_than_delivery_slots_are_each_sent_once(config, smtp, container_factory):
+    """Two slots and eight orders: the first rows are written claimed and handed
+    straight to the sender, the rest are written queued (no room) and taken by
+    the loop as slots free up; every customer gets exactly one email."""
+    smtp.start(delay=0.3)
+    config["NOTIFY_CONCURRENCY"] = 2
+    container_factory(NotificationsService, config).start()
+    orders = [order_data("slot{}@example.com".format(index)) for index in range(8)]
+    for order in orders:
+        publish(config, "order_confirmed", order)
+
+    def all_sent():
+        with ClusterRpcProxy(config, timeout=5) as rpc:
+            notes = rpc.notifications.list_notifications()
+        return notes if len(notes) == len(orders) and all(n["status"] == "sent" for n in notes) else None
+
+    notes = eventually(all_sent, timeout=20, message="all sent")
+    assert all(note["attempt_count"] == 1 and len(note["attempts"]) == 1 for note in notes)
+    received = sorted(address for mail in smtp.messages() for address in mail.rcpt_tos)
+    assert received == sorted(order["customer_email"] for order in orders)
