@@ -12,7 +12,9 @@ on one channel in confirm mode and the batch waits once for the broker's
 confirms, instead of one round trip per event (under load, each round trip
 also waited for a turn among busy green threads, and the outbox fell
 behind). Rows stay "in flight" from commit until marked sent, and the relay
-leaves those alone, so a slow publisher is not doubled by the relay.
+leaves those alone, so a slow publisher is not doubled by the relay. Marking
+sent is itself batched, one UPDATE per ``MARK_INTERVAL`` rather than per
+batch: a crash in between only means those events go out again.
 """
 import logging
 import time
@@ -40,6 +42,7 @@ RETENTION = timedelta(days=1)
 FORGET_INTERVAL = 60  # seconds between clean-ups of sent rows: a delete per relay tick buys nothing
 STOP_TIMEOUT = 10
 CONFIRM_TIMEOUT = 10
+MARK_INTERVAL = 0.1  # seconds confirmed events may wait to be marked sent, together
 
 
 class OutboxMixin:
@@ -181,6 +184,8 @@ class Outbox(DependencyProvider):
         self.model = model
         self._pending = Queue()
         self._inflight = set()  # committed, handed to the publisher, not yet marked sent
+        self._unmarked = []  # confirmed by the broker, to be marked sent with the next lot
+        self._marked_at = float("-inf")
         self._publishing = Semaphore()
         self._running = False
         self._publisher_done = None
@@ -243,7 +248,11 @@ class Outbox(DependencyProvider):
         try:
             while not stopping:
                 batch = []
-                message = self._pending.get()
+                try:
+                    message = self._pending.get(timeout=MARK_INTERVAL if self._unmarked else None)
+                except Empty:  # quiet: mark what was confirmed rather than wait for more
+                    self._mark_unmarked()
+                    continue
                 while True:
                     if message is None:
                         stopping = True
@@ -256,23 +265,33 @@ class Outbox(DependencyProvider):
                     except Empty:
                         break
                 if batch:
-                    self._publish_and_mark(batch)
+                    sent = self._publish(batch)
+                    self._unmarked.extend(sent)
+                    sent = set(sent)
+                    # the relay may take what the broker did not confirm
+                    self._inflight.difference_update(body["id"] for _, body, _ in batch if body["id"] not in sent)
+                if stopping or len(self._unmarked) >= BATCH_SIZE \
+                        or time.monotonic() - self._marked_at >= MARK_INTERVAL:
+                    self._mark_unmarked()
         finally:
             self._publisher_done.send()
 
-    def _publish_and_mark(self, batch):
+    def _mark_unmarked(self):
+        marked, self._unmarked = self._unmarked, []
+        self._mark_sent(marked)
+        self._inflight.difference_update(marked)
+        self._marked_at = time.monotonic()
+
+    def _publish(self, batch):
+        """Publish ``batch``; return the ids of the events the broker confirmed."""
         with self._publishing:
             try:
-                sent = self.publisher.publish(
+                return self.publisher.publish(
                     [(event_type, body, _headers(correlation_id)) for event_type, body, correlation_id in batch])
             except PublishFailed as exc:  # the relay will send the rest later
-                sent = exc.confirmed
                 log.warning("outbox: publishing %d event(s) failed, %d confirmed, the rest left for the relay: %s",
-                            len(batch), len(sent), exc)
-            self._mark_sent(sent)
-            for _, body, _ in batch:
-                self._inflight.discard(body["id"])
-            return len(sent)
+                            len(batch), len(exc.confirmed), exc)
+                return exc.confirmed
 
     def _mark_sent(self, event_ids):
         if not event_ids:
@@ -313,7 +332,7 @@ class Outbox(DependencyProvider):
         rows = [row for row in rows if row.body["id"] not in self._inflight]
         if rows:
             log.info("outbox relay: publishing %d unsent events", len(rows))
-            self._publish_and_mark([tuple(row) for row in rows])
+            self._mark_sent(self._publish([tuple(row) for row in rows]))
         if time.monotonic() - self._forgotten_at >= FORGET_INTERVAL:
             self._forget_old()
             self._forgotten_at = time.monotonic()

@@ -3,6 +3,7 @@ and says exactly which events were confirmed when something goes wrong."""
 from datetime import timedelta
 from types import SimpleNamespace
 
+import eventlet
 import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import text
@@ -10,7 +11,7 @@ from sqlalchemy import text
 from services.common.events import new_event, utcnow
 from services.common.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
 from services.orders.models import OrdersBase, OutboxMessage
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 
 
 def bound_queue(amqp_uri, exchange):
@@ -99,3 +100,31 @@ def test_old_sent_rows_are_forgotten_but_an_unsent_row_is_kept_however_old(order
     with outbox.engine.connect() as connection:
         kept = set(connection.execute(text("SELECT event_id FROM outbox")).scalars())
     assert kept == {sent_lately["id"], never_sent["id"]}
+
+
+def test_confirmed_events_are_marked_sent_together_and_stay_in_flight_until_then(rabbit_config, orders_outbox):
+    """Five batches a few ms apart are published as they come but marked sent in
+    fewer UPDATEs; until marked, the relay leaves them alone (no duplicates)."""
+    outbox = orders_outbox
+    outbox.container.spawn_managed_thread = lambda fn, **_: eventlet.spawn(fn)
+    queue = bound_queue(rabbit_config["AMQP_URI"], outbox.exchange)
+    marks = []
+    mark_sent = outbox._mark_sent
+    outbox._mark_sent = lambda ids: (marks.append(list(ids)), mark_sent(ids))
+    outbox.start()
+    events = [new_event("orders", "order_created", {"n": n}) for n in range(25)]
+    for first in range(0, 25, 5):
+        with outbox.Session.begin() as session:
+            for body in events[first:first + 5]:
+                session.add(OutboxMessage(event_id=body["id"], event_type="order_created", body=body))
+                outbox.publish_after_commit(session, ("order_created", body, None))
+        eventlet.sleep(0.01)
+    assert outbox.relay_once(grace=timedelta(0)) == 0  # all held by the publisher, none lost
+    eventually(lambda: sum(len(ids) for ids in marks) == 25, timeout=5, message="all marked sent")
+    outbox.stop()
+    assert len(marks) < 5, marks
+    assert not outbox._inflight
+    assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == \
+        [body["id"] for body in events]
+    with outbox.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar() == 0
