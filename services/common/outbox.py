@@ -28,7 +28,9 @@ from kombu import Connection, Producer
 from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, event, insert, select, update, delete
+from sqlalchemy import (
+    JSON, BigInteger, Column, DateTime, Integer, String, bindparam, delete, event, insert, select, update,
+)
 from sqlalchemy.orm import sessionmaker
 
 from .correlation import CONTEXT_KEY
@@ -171,7 +173,7 @@ class OutboxWriter:
         correlation_id = self._worker_ctx.data.get(CONTEXT_KEY)
         # a Core INSERT in the caller's transaction: as atomic as an ORM
         # object, without a unit-of-work flush for a row nobody reads back
-        session.connection().execute(insert(self._provider.model.__table__), {
+        session.connection().execute(self._provider.insert_row, {
             "event_id": body["id"], "event_type": event_type, "body": body,
             "correlation_id": correlation_id, "created_at": utcnow()})
         self._provider.publish_after_commit(session, (event_type, body, correlation_id))
@@ -193,6 +195,10 @@ class Outbox(DependencyProvider):
 
     def setup(self):
         config = self.container.config
+        table = self.model.__table__
+        self.insert_row = insert(table)  # built once: every event runs it
+        self.mark_sent = (update(table).where(table.c.event_id.in_(bindparam("event_ids", expanding=True)))
+                          .values(published_at=bindparam("now")))
         self.exchange = get_event_exchange(self.container.service_name, config)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange)
         uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
@@ -297,12 +303,8 @@ class Outbox(DependencyProvider):
         if not event_ids:
             return
         try:
-            with self.Session.begin() as session:
-                session.execute(
-                    update(self.model)
-                    .where(self.model.event_id.in_(event_ids))
-                    .values(published_at=utcnow())
-                )
+            with self.engine.begin() as connection:
+                connection.execute(self.mark_sent, {"event_ids": list(event_ids), "now": utcnow()})
         except Exception as exc:  # published twice at worst; consumers dedupe
             log.warning("outbox: marking %d events sent failed: %s", len(event_ids), exc)
 

@@ -8,7 +8,7 @@ import logging
 
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from services.common.consumers import event_handler, first_delivery
 from services.common.correlation import CorrelationId
@@ -42,6 +42,17 @@ product_changed_schema = ProductChangedSchema()
 order_created_schema = OrderCreatedSchema()
 order_cancelled_schema = OrderCancelledSchema()
 
+# The statements every order runs, built once: building them and computing
+# their cache keys cost SQLAlchemy several times what running them does.
+_products, _reservations = Product.__table__, Reservation.__table__
+DECIDED = select(_reservations.c.order_id).where(_reservations.c.order_id == bindparam("order_id"))
+INSERT_DECISION = insert(_reservations)
+RESERVE_LINE = (update(_products)
+                .where(_products.c.sku == bindparam("line_sku"), _products.c.active.is_(True),
+                       _products.c.on_hand - _products.c.reserved >= bindparam("quantity"))
+                .values(reserved=_products.c.reserved + bindparam("quantity"), updated_at=bindparam("now")))
+UNDO_LINE = (update(_products).where(_products.c.sku == bindparam("line_sku"))
+             .values(reserved=_products.c.reserved - bindparam("quantity")))
 
 
 class InventoryService(DeadLetterRpc):
@@ -151,24 +162,22 @@ class InventoryService(DeadLetterRpc):
                 return
             # Core statements for the decision row: it runs once per order,
             # and the ORM's load and flush were most of its cost
-            reservations = Reservation.__table__
             connection = session.connection()
-            decided = connection.execute(
-                select(reservations.c.order_id).where(reservations.c.order_id == order_id)).first()
+            decided = connection.execute(DECIDED, {"order_id": order_id}).first()
             if decided is not None:
                 log.info("order %s already has a reservation decision; nothing to do", order_id)
                 return
             failed_sku = self._reserve_all_or_nothing(session, requested)
             now = utcnow()
             if failed_sku is None:
-                connection.execute(insert(reservations), {
+                connection.execute(INSERT_DECISION, {
                     "order_id": order_id, "status": Reservation.RESERVED, "lines": requested, "reasons": None,
                     "created_at": now, "updated_at": now})
                 self.outbox.add(session, "stock_reserved", {"order_id": order_id, "lines": _as_lines(requested)})
                 log.info("order %s: stock reserved", order_id)
                 return
             reasons = self._explain_shortfall(session, requested, failed_sku)
-            connection.execute(insert(reservations), {
+            connection.execute(INSERT_DECISION, {
                 "order_id": order_id, "status": Reservation.REJECTED, "lines": requested, "reasons": reasons,
                 "created_at": now, "updated_at": now})
             self.outbox.add(session, "stock_rejected", {"order_id": order_id, "reasons": reasons})
@@ -223,21 +232,12 @@ class InventoryService(DeadLetterRpc):
         reserved in this transaction are given back before it commits.
         """
         done = []
-        products = Product.__table__  # Core: no ORM bulk-update machinery per line
-        connection = session.connection()
+        connection = session.connection()  # Core: no ORM bulk-update machinery per line
         for sku, quantity in requested.items():
-            result = connection.execute(
-                update(products)
-                .where(products.c.sku == sku, products.c.active.is_(True),
-                       products.c.on_hand - products.c.reserved >= quantity)
-                .values(reserved=products.c.reserved + quantity, updated_at=utcnow())
-            )
+            result = connection.execute(RESERVE_LINE, {"line_sku": sku, "quantity": quantity, "now": utcnow()})
             if result.rowcount != 1:
                 for done_sku, done_quantity in done:
-                    connection.execute(
-                        update(products).where(products.c.sku == done_sku)
-                        .values(reserved=products.c.reserved - done_quantity)
-                    )
+                    connection.execute(UNDO_LINE, {"line_sku": done_sku, "quantity": done_quantity})
                 return sku
             done.append((sku, quantity))
         return None

