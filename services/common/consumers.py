@@ -20,6 +20,7 @@ import logging
 import random
 from datetime import datetime, timezone
 
+import amqp.exceptions
 from kombu import Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
@@ -33,6 +34,8 @@ from .events import MalformedMessage, utcnow
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-delivery-attempt"
+# what a lost broker connection raises: amqp's ConnectionError, or a socket error
+CONNECTION_ERRORS = (amqp.exceptions.ConnectionError, OSError)
 
 
 def dead_letter_queue_name(service_name):
@@ -57,13 +60,37 @@ def backoff_seconds(attempt, base, cap):
 
 
 class DeadLetteringQueueConsumer(QueueConsumer):
-    """nameko's queue consumer, but an undecodable message is dead-lettered.
+    """nameko's queue consumer, but an undecodable message is dead-lettered,
+    and an ack that meets a dead connection does not kill the service.
 
     kombu acks and drops a message whose body it cannot decode (bad JSON, a
     content type that is not accepted) after logging it; here it goes to the
     dead-letter queue of the handler whose queue it came from, like any other
     malformed message, so it can be inspected.
+
+    nameko 2.14 ignores only amqp's ``ConnectionError`` when acking; a socket
+    the broker has just reset (RabbitMQ shutting down while a worker finishes)
+    raises ``ConnectionResetError`` instead, which ends the worker with an
+    error and so kills the whole container. The broker gives an unacked
+    message of a closed connection to the next consumer anyway, and handlers
+    skip events they already applied, so losing the ack is harmless.
     """
+
+    def ack_message(self, message):
+        try:
+            super().ack_message(message)
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not ack a message of %s, the broker connection is gone (%s: %s); "
+                        "it will be delivered again", message.delivery_info.get("routing_key"),
+                        type(exc).__name__, exc)
+
+    def requeue_message(self, message):
+        try:
+            super().requeue_message(message)
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not requeue a message of %s, the broker connection is gone (%s: %s); "
+                        "the broker requeues it itself", message.delivery_info.get("routing_key"),
+                        type(exc).__name__, exc)
 
     def on_decode_error(self, message, exc):
         provider = self._provider_for(message)

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.broker import PrivateBroker
 from tests.proxy import proxied
 from tests.system import System
 
@@ -33,3 +34,20 @@ def broker_proxy(service_config):
     proxy, uri = proxied(service_config["AMQP_URI"], 5672)
     yield proxy, uri
     proxy.stop()
+
+
+@pytest.fixture
+def private_broker(tmp_path, request):
+    """A RabbitMQ node of the test's own (see tests/broker.py), stopped at teardown.
+
+    For tests that restart the broker for real; the shared one must not be.
+    """
+    broker = PrivateBroker(tmp_path / "rabbitmq")
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(broker.log_tail())

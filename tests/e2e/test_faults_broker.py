@@ -5,6 +5,7 @@ the broker (see tests/proxy.py): the broker on a test machine is shared with
 other test runs and must not be stopped. Cutting the proxy closes every AMQP
 connection the services hold and refuses new ones, exactly what they see
 when the broker goes down; restoring it is the broker coming back.
+test_faults_broker_restart.py restarts a private broker node for real.
 """
 import time
 

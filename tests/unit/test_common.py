@@ -37,3 +37,35 @@ def test_backoff_grows_and_is_capped():
 def test_passwords_never_reach_logs():
     assert redact("postgresql://app:s3cret@db:5432/orders") == "postgresql://app:***@db:5432/orders"
     assert redact("sqlite:///var/orders.sqlite3") == "sqlite:///var/orders.sqlite3"
+
+
+class _Message:
+    """Just enough of a kombu message whose broker connection was reset under it."""
+
+    def __init__(self, error):
+        self.error = error
+        self.channel = type("Channel", (), {"connection": object()})()
+        self.delivery_info = {"routing_key": "evt-orders-order_confirmed"}
+
+    def ack(self):
+        raise self.error
+
+    requeue = ack
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"),
+                                   BrokenPipeError(32, "Broken pipe")])
+def test_an_ack_on_a_connection_the_broker_reset_does_not_kill_the_service(error):
+    # nameko 2.14 lets these escape, which ends the worker and kills the container
+    from services.common.consumers import DeadLetteringQueueConsumer
+
+    consumer = DeadLetteringQueueConsumer()
+    consumer.ack_message(_Message(error))
+    consumer.requeue_message(_Message(error))
+
+
+def test_other_errors_while_acking_still_surface():
+    from services.common.consumers import DeadLetteringQueueConsumer
+
+    with pytest.raises(ValueError):
+        DeadLetteringQueueConsumer().ack_message(_Message(ValueError("a bug")))
