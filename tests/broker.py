@@ -93,8 +93,10 @@ class PrivateBroker:
             "RABBITMQ_CONFIG_FILE": os.path.join(self.base, "rabbitmq.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(self.base, "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": os.path.join(self.base, "rabbitmq-env.conf"),
-            # Erlang distribution on loopback only (an epmd it has to start, too)
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            # Erlang distribution on loopback only (an epmd it has to start, too), and
+            # no scheduler busy-waiting: the test node must not eat the services' cores
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1} "
+                                                   "+sbwt none +sbwtdcpu none +sbwtdio none",
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_CRASH_DUMP": os.path.join(self.base, "erl_crash.dump"),
         })
