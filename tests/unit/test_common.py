@@ -69,3 +69,35 @@ def test_other_errors_while_acking_still_surface():
 
     with pytest.raises(ValueError):
         DeadLetteringQueueConsumer().ack_message(_Message(ValueError("a bug")))
+
+
+def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp_path):
+    import time
+
+    from sqlalchemy import text
+
+    from services.common.db import WalCheckpointer, make_engine, sqlite_file
+
+    uri = "sqlite:///{}".format(tmp_path / "service.sqlite3")
+    checkpointer = WalCheckpointer(sqlite_file(uri), interval=0.05).start()
+    engine = make_engine(uri)
+    try:
+        with engine.begin() as connection:
+            # commits no longer stop to copy the WAL into the database file
+            assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+            connection.execute(text("CREATE TABLE t (a TEXT)"))
+        for _ in range(200):
+            with engine.begin() as connection:
+                connection.execute(text("INSERT INTO t VALUES (:a)"), {"a": "x" * 500})
+        deadline = time.monotonic() + 5
+        while not (checkpointer.last and checkpointer.last[1] > 0 and checkpointer.last[1] == checkpointer.last[2]):
+            assert time.monotonic() < deadline, checkpointer.last
+            time.sleep(0.05)
+    finally:
+        checkpointer.stop()
+        engine.dispose()
+    # with no checkpointer running for the file, connections checkpoint as SQLite does by default
+    engine = make_engine(uri)
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 1000
+    engine.dispose()
