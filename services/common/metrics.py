@@ -91,6 +91,9 @@ class Metrics(DependencyProvider):
                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("nameko_workers_in_flight", "Workers running now.", ("service",),
                                registry=self.registry)
+        # prometheus_client checks and hashes the label values on every .labels()
+        self._in_flight = self.in_flight.labels(service)
+        self._labelled = {}
         ProcessCollector(registry=self.registry)
         self.registry.register(_StateCollector(self))
         if self.declarative_base is not None:
@@ -134,11 +137,11 @@ class Metrics(DependencyProvider):
 
     def worker_setup(self, worker_ctx):
         self.starts[worker_ctx] = time.perf_counter()
-        self.in_flight.labels(self.container.service_name).inc()
+        self._in_flight.inc()
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         started = self.starts.pop(worker_ctx, None)
-        self.in_flight.labels(self.container.service_name).dec()
+        self._in_flight.dec()
         entrypoint = worker_ctx.entrypoint
         if exc_info is None:
             outcome = SUCCESS
@@ -146,11 +149,20 @@ class Metrics(DependencyProvider):
             outcome = EXPECTED_ERROR
         else:
             outcome = ERROR
-        labels = (self.container.service_name, entrypoint.method_name,
-                  entrypoint_kind(type(entrypoint).__name__), outcome)
-        self.calls.labels(*labels).inc()
+        calls, latency = self._children(entrypoint, outcome)
+        calls.inc()
         if started is not None:
-            self.latency.labels(*labels).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
+
+    def _children(self, entrypoint, outcome):
+        """The labelled counter and histogram of one entrypoint and outcome, looked up once."""
+        key = (entrypoint.method_name, type(entrypoint), outcome)
+        children = self._labelled.get(key)
+        if children is None:
+            labels = (self.container.service_name, entrypoint.method_name,
+                      entrypoint_kind(type(entrypoint).__name__), outcome)
+            children = self._labelled[key] = (self.calls.labels(*labels), self.latency.labels(*labels))
+        return children
 
     # state read at scrape time -------------------------------------------------------
 

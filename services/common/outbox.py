@@ -31,6 +31,7 @@ from nameko.standalone.events import get_event_exchange
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, Integer, String, bindparam, delete, event, insert, select, update,
 )
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from .correlation import CONTEXT_KEY
@@ -45,6 +46,22 @@ FORGET_INTERVAL = 60  # seconds between clean-ups of sent rows: a delete per rel
 STOP_TIMEOUT = 10
 CONFIRM_TIMEOUT = 10
 MARK_INTERVAL = 0.1  # seconds confirmed events may wait to be marked sent, together
+
+
+STAGED = "outbox"  # session.info key: (outbox, message) pairs to publish once the session commits
+
+
+# Listeners on the Session class, registered once: registering them per
+# session (and removing them after) cost more than the rest of staging.
+@event.listens_for(OrmSession, "after_commit")
+def _publish_staged(session):
+    for outbox, message in session.info.pop(STAGED, ()):
+        outbox._committed(message)
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _drop_staged(session):
+    session.info.pop(STAGED, None)
 
 
 class OutboxMixin:
@@ -232,19 +249,11 @@ class Outbox(DependencyProvider):
         return OutboxWriter(self, worker_ctx)
 
     def publish_after_commit(self, session, message):
-        staged = session.info.setdefault("outbox", [])
-        if not staged:
-            event.listen(session, "after_commit", self._on_commit, once=True)
-            event.listen(session, "after_rollback", self._on_rollback, once=True)
-        staged.append(message)
+        session.info.setdefault(STAGED, []).append((self, message))
 
-    def _on_commit(self, session):
-        for message in session.info.pop("outbox", []):
-            self._inflight.add(message[1]["id"])
-            self._pending.put(message)
-
-    def _on_rollback(self, session):
-        session.info.pop("outbox", None)
+    def _committed(self, message):
+        self._inflight.add(message[1]["id"])
+        self._pending.put(message)
 
     # publishing -----------------------------------------------------------
 

@@ -128,3 +128,18 @@ def test_confirmed_events_are_marked_sent_together_and_stay_in_flight_until_then
         [body["id"] for body in events]
     with outbox.engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar() == 0
+
+
+def test_only_a_committed_transaction_hands_its_events_to_the_publisher(orders_outbox):
+    outbox = orders_outbox
+    kept, dropped = (new_event("orders", "order_created", {"n": n}) for n in (1, 2))
+    with outbox.Session() as session:
+        session.begin()
+        outbox.publish_after_commit(session, ("order_created", dropped, None))
+        session.rollback()  # the same session goes on to a transaction that commits
+        session.begin()
+        outbox.publish_after_commit(session, ("order_created", kept, None))
+        session.commit()
+    assert outbox._pending.qsize() == 1
+    assert outbox._pending.get_nowait()[1]["id"] == kept["id"]
+    assert outbox._inflight == {kept["id"]}

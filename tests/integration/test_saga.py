@@ -57,7 +57,7 @@ def test_events_lost_between_commit_and_publish_are_sent_by_the_relay(
     from tests.integration.conftest import ALL_SERVICES
     # A crash between commit and publish: committed outbox rows never reach
     # the in-process publisher, so only the relay can send them.
-    monkeypatch.setattr(Outbox, "_on_commit", lambda self, session: session.info.pop("outbox", None))
+    monkeypatch.setattr(Outbox, "_committed", lambda self, message: None)
     runner = runner_factory(service_config, *ALL_SERVICES)
     runner.start()
     rpc.inventory.create_product("R-1", "Rope", 900, 2)
