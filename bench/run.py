@@ -438,12 +438,18 @@ _profilers = []
 
 
 def profile_start(args, work, system, instances):
-    """py-spy records every service process for the whole run (flamegraph SVGs)."""
+    """py-spy records every service process for the whole run, as collapsed stacks.
+
+    Only samples where a thread was running on a CPU are kept (no ``--idle``):
+    the question is where the CPU goes. With ``--idle`` a send() that waits
+    while the broker is woken on the same core looks like the biggest cost.
+    """
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     for (service, instance), process in system.processes.items():
         out = os.path.join(OUT_DIR, "profile-{}-{}.{}.txt".format(instances, service, instance))
         _profilers.append(subprocess.Popen(
-            [spy, "record", "--pid", str(process.pid), "--rate", "50", "--format", "raw", "--idle", "--output", out, "--nonblocking"],
+            [spy, "record", "--pid", str(process.pid), "--rate", "100", "--format", "raw", "--output", out,
+             "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
