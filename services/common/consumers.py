@@ -59,21 +59,17 @@ def backoff_seconds(attempt, base, cap):
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
 
 
-class DeadLetteringQueueConsumer(QueueConsumer):
-    """nameko's queue consumer, but an undecodable message is dead-lettered,
-    and an ack that meets a dead connection does not kill the service.
-
-    kombu acks and drops a message whose body it cannot decode (bad JSON, a
-    content type that is not accepted) after logging it; here it goes to the
-    dead-letter queue of the handler whose queue it came from, like any other
-    malformed message, so it can be inspected.
+class SafeAckQueueConsumer(QueueConsumer):
+    """nameko's queue consumer, but an ack that meets a dead connection does not kill the service.
 
     nameko 2.14 ignores only amqp's ``ConnectionError`` when acking; a socket
     the broker has just reset (RabbitMQ shutting down while a worker finishes)
     raises ``ConnectionResetError`` instead, which ends the worker with an
     error and so kills the whole container. The broker gives an unacked
     message of a closed connection to the next consumer anyway, and handlers
-    skip events they already applied, so losing the ack is harmless.
+    skip events they already applied, so losing the ack is harmless. Event
+    handlers, RPC entrypoints and RPC reply listeners all consume through it
+    (see ``services.common.rpc``).
     """
 
     def ack_message(self, message):
@@ -91,6 +87,16 @@ class DeadLetteringQueueConsumer(QueueConsumer):
             log.warning("could not requeue a message of %s, the broker connection is gone (%s: %s); "
                         "the broker requeues it itself", message.delivery_info.get("routing_key"),
                         type(exc).__name__, exc)
+
+
+class DeadLetteringQueueConsumer(SafeAckQueueConsumer):
+    """The event handlers' consumer: an undecodable message is dead-lettered.
+
+    kombu acks and drops a message whose body it cannot decode (bad JSON, a
+    content type that is not accepted) after logging it; here it goes to the
+    dead-letter queue of the handler whose queue it came from, like any other
+    malformed message, so it can be inspected.
+    """
 
     def on_decode_error(self, message, exc):
         provider = self._provider_for(message)

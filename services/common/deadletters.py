@@ -12,9 +12,9 @@ import json
 import sys
 
 from kombu import Connection, Queue
-from nameko.rpc import rpc
 
 from .consumers import ATTEMPT_HEADER, dead_letter_queue_name
+from .rpc import rpc
 
 ERROR_HEADERS = ("x-original-queue", "x-error-type", "x-error-message", "x-attempts", "x-dead-lettered-at")
 

@@ -1,16 +1,44 @@
-"""RPC calls that give up.
+"""RPC that gives up, and survives the broker going away.
 
 Nameko 2's ``RpcProxy`` waits for a reply forever, so a service that is down
 would hang every caller. ``TimedRpcProxy`` waits ``RPC_TIMEOUT`` seconds and
 then raises ``ServiceUnavailable``; the request message carries the same
 expiry, so a service that comes back later does not work through a backlog of
-questions nobody is waiting for any more.
+questions nobody is waiting for any more. The reply it gave up on is
+forgotten (nameko keeps it until an answer that may never come).
+
+``rpc`` is nameko's entrypoint, and ``TimedRpcProxy`` its proxy, consuming
+through ``SafeAckQueueConsumer``: with nameko's own consumer, an ack that
+meets a connection the broker has just reset kills the whole service.
 """
 import eventlet
 from nameko.exceptions import UnknownService
-from nameko.rpc import RpcProxy
+from nameko.rpc import ReplyListener, RpcConsumer, RpcProxy
+from nameko.rpc import Rpc as NamekoRpc
 
+from .consumers import SafeAckQueueConsumer
 from .errors import ServiceUnavailable
+
+
+class SafeAckRpcConsumer(RpcConsumer):
+    queue_consumer = SafeAckQueueConsumer()
+
+
+class Rpc(NamekoRpc):
+    rpc_consumer = SafeAckRpcConsumer()
+
+
+rpc = Rpc.decorator
+
+
+class SafeAckReplyListener(ReplyListener):
+    queue_consumer = SafeAckQueueConsumer()
+
+    def forget(self, reply_event):
+        """Stop waiting for a reply nobody wants any more."""
+        for correlation_id, event in list(self._reply_events.items()):
+            if event is reply_event:
+                del self._reply_events[correlation_id]
 
 
 class TimedServiceProxy:
@@ -23,11 +51,14 @@ class TimedServiceProxy:
         method = getattr(self._proxy, method_name)
 
         def call(*args, **kwargs):
+            reply = None
             try:
                 reply = method.call_async(*args, **kwargs)
                 with eventlet.Timeout(self._timeout):
                     return reply.result()
             except (eventlet.Timeout, UnknownService, ConnectionError, OSError) as exc:
+                if reply is not None:
+                    method.reply_listener.forget(reply.reply_event)
                 raise ServiceUnavailable(
                     "The {} service did not answer.".format(self._service_name),
                     details={"service": self._service_name, "method": method_name,
@@ -39,6 +70,8 @@ class TimedServiceProxy:
 
 
 class TimedRpcProxy(RpcProxy):
+    rpc_reply_listener = SafeAckReplyListener()
+
     def __init__(self, target_service, timeout=None, **options):
         super().__init__(target_service, **options)
         self.timeout = timeout

@@ -7,7 +7,6 @@ never waits for inventory to be up.
 import logging
 
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
 from sqlalchemy import bindparam, insert, select, update
 
 from services.common.consumers import event_handler, first_delivery
@@ -18,6 +17,7 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics
 from services.common.outbox import Outbox
+from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer

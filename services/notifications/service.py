@@ -11,7 +11,6 @@ with no provider set up.
 import logging
 
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import selectinload
 
@@ -22,6 +21,7 @@ from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import parse_event, utcnow
 from services.common.metrics import Metrics
+from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer

@@ -12,7 +12,6 @@ import uuid
 from datetime import timedelta
 
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,7 +24,7 @@ from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import as_utc, parse_event, utcnow
 from services.common.metrics import Metrics, MetricsHttp
 from services.common.outbox import Outbox
-from services.common.rpc import TimedRpcProxy
+from services.common.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer

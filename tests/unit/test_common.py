@@ -101,3 +101,56 @@ def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 1000
     engine.dispose()
+
+
+@pytest.mark.parametrize("service", ["orders", "inventory", "notifications"])
+def test_every_consumer_of_every_service_survives_a_reset_connection(service):
+    """Event handlers, RPC entrypoints and RPC reply listeners alike: one plain
+    nameko consumer (``from nameko.rpc import rpc``, say) would bring back the
+    crash a broker restart caused."""
+    import importlib
+
+    from nameko.containers import ServiceContainer
+    from nameko.messaging import QueueConsumer
+
+    from services.common.consumers import SafeAckQueueConsumer
+
+    module = importlib.import_module("services.{}.service".format(service))
+    [service_class] = [value for value in vars(module).values()
+                       if isinstance(value, type) and getattr(value, "name", None) == service]
+    container = ServiceContainer(service_class, {"AMQP_URI": "memory://"})
+    consumers = [ext for ext in container.subextensions if isinstance(ext, QueueConsumer)]
+    assert consumers, "no queue consumer found"
+    assert all(isinstance(ext, SafeAckQueueConsumer) for ext in consumers), consumers
+    # and every entrypoint is traced by a summarising adapter (nameko-tracer looks up the exact
+    # class; one it does not know gets the default adapter, which dumps every argument)
+    import os
+
+    from services.common.settings import load_config
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    adapters = load_config(os.path.join(root, "config.yaml"))["TRACER"]["ADAPTERS"]
+    for entrypoint in container.entrypoints:
+        kind = type(entrypoint)
+        assert "{}.{}".format(kind.__module__, kind.__name__) in adapters, kind
+
+
+def test_an_rpc_reply_nobody_waits_for_any_more_is_forgotten():
+    from types import SimpleNamespace
+
+    from nameko.rpc import RpcReply
+
+    from services.common.errors import ServiceUnavailable
+    from services.common.rpc import SafeAckReplyListener, TimedServiceProxy
+
+    listener = SafeAckReplyListener()
+
+    class Ping:
+        reply_listener = listener
+
+        def call_async(self):
+            return RpcReply(listener.get_reply_event("correlation-1"))  # no answer ever comes
+
+    proxy = TimedServiceProxy(SimpleNamespace(ping=Ping()), "inventory", timeout=0.05)
+    with pytest.raises(ServiceUnavailable):
+        proxy.ping()
+    assert listener._reply_events == {}
