@@ -77,12 +77,19 @@ class System:
     def kill(self, service, instance=1):
         return self.stop(service, instance, signal.SIGKILL)
 
-    def stop_all(self):
-        for service, instance in list(self.processes):
+    def stop_all(self, timeout=30):
+        """SIGTERM every process at once, then wait for them all (one by one took seconds each)."""
+        processes, self.processes = list(self.processes.values()), {}
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
             try:
-                self.stop(service, instance)
-            except AssertionError:
-                pass
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def logs(self, tail=80):
         text = []

@@ -290,7 +290,6 @@ class Sender(DependencyProvider):
         # The messages have gone (or not); losing that fact to a database blip
         # would leave the rows claimed until their lease lapses and then send
         # them again, so keep trying while this process still holds the claims.
-        table = Notification.__table__
         deadline = time.monotonic() + self.lease.total_seconds() / 2
         delay = RECORD_RETRY_FIRST
         while True:
