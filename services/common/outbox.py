@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import eventlet
 from eventlet.event import Event
-from eventlet.queue import Empty, Queue
+from eventlet.queue import Empty, LightQueue, Queue
 from eventlet.semaphore import Semaphore
 from kombu import Connection, Producer
 from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT
@@ -208,6 +208,8 @@ class Outbox(DependencyProvider):
         self._publishing = Semaphore()
         self._running = False
         self._publisher_done = None
+        self._relay = None
+        self._relay_stop = LightQueue()
         self._forgotten_at = float("-inf")
 
     def setup(self):
@@ -228,15 +230,21 @@ class Outbox(DependencyProvider):
         self._running = True
         self._publisher_done = Event()
         self.container.spawn_managed_thread(self._publish_loop)
-        self.container.spawn_managed_thread(self._relay_loop)
+        self._relay = self.container.spawn_managed_thread(self._relay_loop)
 
     def stop(self):
         # Let the publisher send what committed workers left behind; anything
         # still unsent stays in the table for the relay of the next start.
+        # The relay finishes its round rather than being killed mid-publish
+        # (nameko kills, with a warning, any managed thread still running).
         self._running = False
         self._pending.put(None)
+        self._relay_stop.put(None)
         with eventlet.Timeout(STOP_TIMEOUT, False):
-            self._publisher_done.wait()
+            if self._publisher_done is not None:
+                self._publisher_done.wait()
+            if self._relay is not None:
+                self._relay.wait()
         self.publisher.close()
         self.engine.dispose()
 
@@ -321,9 +329,10 @@ class Outbox(DependencyProvider):
 
     def _relay_loop(self):
         while self._running:
-            eventlet.sleep(self.relay_interval)
-            if not self._running:
-                return
+            try:
+                return self._relay_stop.get(timeout=self.relay_interval)  # told to stop
+            except Empty:
+                pass
             try:
                 self.relay_once()
             except Exception as exc:

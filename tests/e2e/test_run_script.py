@@ -40,6 +40,8 @@ def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     eventually(lambda: not children_alive(process.pid), timeout=20, message="services stopped")
+    # a clean stop: every service wound its own threads down, nameko had nothing left to kill
+    assert "killing managed thread" not in log_path.read_text()
 
     again = start_run_sh(system, tmp_path / "run2.log")
     try:
