@@ -184,14 +184,17 @@ class JsonHttpHandler(HttpRequestHandler):
         return json_response(status, body, headers)
 
     def response_from_exception(self, exc):
+        response = self.error_response(exc)
+        _log_error(exc, response.status_code)
+        return response
+
+    def error_response(self, exc):
+        """The JSON error the client gets for ``exc``; also what its trace line reports."""
         if is_unavailable(exc) and not isinstance(exc, ServiceError):
-            log.warning("HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc)
             return error_response(503, ServiceUnavailable.code,
                                   "The service's database is unavailable; try again shortly.",
                                   {"reason": type(exc).__name__}, {"Retry-After": "1"})
         if isinstance(exc, ServiceError):
-            if exc.status >= 500:
-                log.warning("HTTP %s: %s", exc.status, exc)
             return service_error_response(exc)
         if isinstance(exc, ValidationError):
             return service_error_response(validation_error(exc))
@@ -202,10 +205,22 @@ class JsonHttpHandler(HttpRequestHandler):
         if isinstance(exc, RemoteError):
             # another service failed in a way it did not expect: not the
             # client's fault and not ours to explain
-            log.error("a service this request needs failed: %s", exc)
             return error_response(502, "upstream_error", "A service this request needs failed.")
-        log.error("unhandled error in HTTP handler", exc_info=exc)
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def _log_error(exc, status):
+    """Server-side failures are logged once, here; client errors are the trace line's business."""
+    if status < 500:
+        return
+    if status == 500:
+        log.error("unhandled error in HTTP handler", exc_info=exc)
+    elif isinstance(exc, RemoteError):
+        log.error("a service this request needs failed: %s", exc)
+    elif is_unavailable(exc) and not isinstance(exc, ServiceError):
+        log.warning("HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc)
+    else:
+        log.warning("HTTP %s: %s", status, exc)
 
 
 http = JsonHttpHandler.decorator

@@ -117,11 +117,9 @@ class HttpTraceAdapter(TraceAdapter):
 
     def set_exception(self, data, worker_ctx, exc_info):
         super().set_exception(data, worker_ctx, exc_info)
-        # the status the client got: what JsonHttpHandler maps the error to
-        exc = exc_info[1]
-        status = getattr(exc, "status", None) or getattr(exc, "code", None)
-        if not isinstance(status, int):
-            status = 400 if type(exc).__name__ == "ValidationError" else 500
+        # the status the client got, from the handler that answered it
+        answer = getattr(worker_ctx.entrypoint, "error_response", None)
+        status = answer(exc_info[1]).status_code if answer is not None else 500
         data[constants.RESPONSE_KEY] = {"status": status}
 
     def get_result(self, result):

@@ -7,10 +7,15 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import eventlet
+import pytest
+from nameko.exceptions import RemoteError
 from nameko.timer import timer
 from nameko_tracer import constants
+from sqlalchemy.exc import OperationalError
 
 from services.common.correlation import CorrelationId
+from services.common.errors import NotFound
+from services.common.http import JsonHttpHandler
 from services.common.settings import load_config
 
 from services.common.masking import MaskEmails, mask, mask_text
@@ -232,3 +237,18 @@ def test_only_the_stages_configured_are_built_at_all(container_factory):
     assert set(_stages_traced(container_factory, "response")) == {"response"}
     both = _stages_traced(container_factory, "request,response")
     assert both.count("request") >= both.count("response") >= 3
+
+
+@pytest.mark.parametrize("error, status", [
+    (OperationalError("SELECT 1", {}, Exception("could not connect to server")), 503),
+    (NotFound("No order with id x.", details={"order_id": ["x"]}), 404),
+    (RemoteError("KeyError", "inventory broke"), 502),
+    (RuntimeError("a bug"), 500),
+])
+def test_an_http_error_is_traced_with_the_status_the_client_got(error, status):
+    handler = JsonHttpHandler("POST", "/orders")
+    worker_ctx = SimpleNamespace(entrypoint=handler, args=(), kwargs={})
+    data = {}
+    HttpTraceAdapter(logging.getLogger("t"), extra={}).set_exception(data, worker_ctx, (type(error), error, None))
+    assert data[constants.RESPONSE_KEY] == {"status": status}
+    assert handler.error_response(error).status_code == status  # the same answer, one mapping
