@@ -18,15 +18,17 @@ event changes nothing twice.
 import functools
 import logging
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import amqp.exceptions
+import eventlet
 from kombu import Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
-from sqlalchemy import Column, DateTime, String, select
+from nameko.timer import timer
+from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
@@ -37,6 +39,9 @@ ATTEMPT_HEADER = "x-delivery-attempt"
 # what a lost broker connection raises: amqp's ConnectionError, or a socket error
 CONNECTION_ERRORS = (amqp.exceptions.ConnectionError, OSError)
 STOP_POLL = 0.2  # seconds a consumer waits for a message before checking whether it should stop
+DEFAULT_INBOX_RETENTION_DAYS = 7
+INBOX_PURGE_INTERVAL = 3600  # seconds
+INBOX_PURGE_BATCH = 1000
 
 
 def dead_letter_queue_name(service_name):
@@ -207,7 +212,39 @@ class ProcessedEventMixin:
 
     event_id = Column(String(36), primary_key=True)
     consumer = Column(String(100), primary_key=True)
-    processed_at = Column(DateTime(timezone=True), nullable=False, default=utcnow)
+    processed_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, index=True)
+
+
+class InboxRetention:
+    """A service mixin: forgets inbox rows older than ``INBOX_RETENTION_DAYS``.
+
+    An inbox row only has to outlive the redeliveries of its event: a lost
+    ack, a retry, a broker restart, all within minutes. Kept for ever, the
+    table grows by a row per event per consumer. Deleting in small batches
+    keeps each write transaction (SQLite's one write lock) short. The service
+    declares ``inbox`` (its ProcessedEvent model), ``db`` and ``config``.
+    """
+
+    @timer(interval=INBOX_PURGE_INTERVAL)
+    def forget_old_inbox_entries(self):
+        days = float(self.config.get("INBOX_RETENTION_DAYS") or DEFAULT_INBOX_RETENTION_DAYS)
+        cutoff = utcnow() - timedelta(days=days)
+        table = self.inbox.__table__
+        oldest = (select(table.c.event_id, table.c.consumer).where(table.c.processed_at < cutoff)
+                  .limit(INBOX_PURGE_BATCH))
+        removed = 0
+        while True:
+            with self.db.get_session() as session:
+                keys = session.execute(oldest).all()
+                if keys:
+                    session.execute(delete(table).where(tuple_(table.c.event_id, table.c.consumer).in_(keys)))
+            removed += len(keys)
+            if len(keys) < INBOX_PURGE_BATCH:
+                break
+            eventlet.sleep(0)  # let the service's own work in between batches
+        if removed:
+            log.info("inbox: forgot %d entries handled more than %g days ago", removed, days)
+        return removed
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,7 +9,7 @@ import logging
 from nameko.dependency_providers import Config
 from sqlalchemy import bindparam, insert, select, update
 
-from services.common.consumers import event_handler, first_delivery
+from services.common.consumers import InboxRetention, event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
@@ -55,10 +55,11 @@ UNDO_LINE = (update(_products).where(_products.c.sku == bindparam("line_sku"))
              .values(reserved=_products.c.reserved - bindparam("quantity")))
 
 
-class InventoryService(DeadLetterRpc):
+class InventoryService(DeadLetterRpc, InboxRetention):
     name = "inventory"
 
     config = Config()
+    inbox = ProcessedEvent  # for InboxRetention
     db = ServiceDatabase(InventoryBase)
     outbox = Outbox(InventoryBase, OutboxMessage)
     correlation_id = CorrelationId()

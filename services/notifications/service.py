@@ -14,7 +14,7 @@ from nameko.dependency_providers import Config
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import selectinload
 
-from services.common.consumers import event_handler, first_delivery
+from services.common.consumers import InboxRetention, event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
@@ -58,10 +58,11 @@ def _preference_key(email):
     return email.strip().lower()
 
 
-class NotificationsService(DeadLetterRpc):
+class NotificationsService(DeadLetterRpc, InboxRetention):
     name = "notifications"
 
     config = Config()
+    inbox = ProcessedEvent  # for InboxRetention
     db = ServiceDatabase(NotificationsBase)
     sender = Sender(NotificationsBase)
     correlation_id = CorrelationId()

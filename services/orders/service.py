@@ -16,7 +16,7 @@ from nameko.timer import timer
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.common.consumers import event_handler, first_delivery
+from services.common.consumers import InboxRetention, event_handler, first_delivery
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
@@ -78,10 +78,11 @@ stock_rejected_schema = StockRejectedSchema()
 product_changed_schema = ProductChangedSchema()
 
 
-class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp):
+class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
     name = "orders"
 
     config = Config()
+    inbox = ProcessedEvent  # for InboxRetention
     db = ServiceDatabase(OrdersBase)
     outbox = Outbox(OrdersBase, OutboxMessage)
     inventory = TimedRpcProxy("inventory")
