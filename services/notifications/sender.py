@@ -120,26 +120,36 @@ class Sender(DependencyProvider):
 
     # hand-over: rows claimed when they are written ----------------------------------
 
-    def reserve(self, count):
-        """Promise ``count`` delivery slots to rows about to be written claimed; False if there is no room.
+    def claim_on_write(self, rows, now):
+        """Mark the due rows among ``rows`` (about to be inserted) as claimed by this process.
 
-        Without room the rows are written ``queued`` instead and wait for a
-        free slot here or in another instance.
+        Only when there is a free delivery slot for each of them: the slots are
+        promised to them, and the rows become ``sending`` with this process's
+        lease. Without room they stay ``queued`` and wait for a free slot here
+        or in another instance. Returns how many slots were promised; give them
+        back with ``release`` if the rows are never committed.
         """
-        if not self._running or self._pool.free() - self._reserved < count:
-            return False
-        self._reserved += count
-        return True
+        due = [row for row in rows if row["status"] == domain.QUEUED]
+        if not due or not self._running or self._pool.free() - self._reserved < len(due):
+            return 0
+        self._reserved += len(due)
+        for row in due:
+            row.update(status=domain.SENDING, next_attempt_at=now + self.lease)
+        return len(due)
 
     def release(self, count):
         """Give back slots whose rows were never written (the transaction failed)."""
         self._reserved -= count
 
-    def hand_over(self, claims):
-        """Deliver rows a handler wrote already claimed, now that they are committed."""
+    def written(self, ids, rows):
+        """``rows`` are committed (with ``ids``): deliver those claimed on write, look for the rest."""
+        claims = [Claimed(id=id_, **{field: row[field] for field in CLAIMED_FIELDS[1:]})
+                  for id_, row in zip(ids, rows) if row["status"] == domain.SENDING]
         self._reserved -= len(claims)
         for claim in claims:
             self._pool.spawn_n(self._deliver_safely, claim)
+        if any(row["status"] == domain.QUEUED for row in rows):
+            self.wake()
 
     # the loop -------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from .schemas import (
     PreferencesOutSchema,
     PreferencesSchema,
 )
-from .sender import CLAIMED_FIELDS, Claimed, Sender
+from .sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     def _notify(self, body, event_type):
         event = parse_event(body, order_event_schema)
         order = event.data
-        claimed = []
-        reserved = 0
+        claimed = 0
         try:
             with self.db.get_session() as session:
                 if not first_delivery(session, ProcessedEvent, event, "notify"):
@@ -102,36 +101,26 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
                 planned = domain.plan_deliveries(
                     _preference_dict(preference) if preference else None, order["customer_email"],
                     self.sender.configured)
-                queued = sum(delivery.status == domain.QUEUED for delivery in planned)
-                # with room to send at once, the rows are written claimed by this
-                # process and handed to the sender after commit: no claim round
-                reserved = queued if queued and self.sender.reserve(queued) else 0
                 now = utcnow()
                 rows = []
                 for delivery in planned:
                     content = renderer.render(event_type, delivery.template, order)
-                    status, due = delivery.status, None
-                    if status == domain.QUEUED:
-                        status, due = (domain.SENDING, now + self.sender.lease) if reserved else (status, now)
                     rows.append({
                         "event_id": event.id, "event_type": event_type, "order_id": order["id"],
                         "recipient": order["customer_email"], "channel": delivery.channel,
                         "address": delivery.address, "subject": content.subject[:200], "body": content.body,
-                        "html_body": content.html, "status": status, "last_error": delivery.reason,
-                        "next_attempt_at": due, "attempt_count": 0, "round_attempts": 0,
-                        "correlation_id": self.correlation_id, "created_at": now, "updated_at": now,
-                        "sent_at": None})
-                if rows:
-                    ids = connection.execute(INSERT_NOTIFICATIONS, rows).scalars().all()
-                    claimed = [Claimed(id=id_, **{field: row[field] for field in CLAIMED_FIELDS[1:]})
-                               for id_, row in zip(ids, rows) if row["status"] == domain.SENDING]
+                        "html_body": content.html, "status": delivery.status, "last_error": delivery.reason,
+                        "next_attempt_at": now if delivery.status == domain.QUEUED else None,
+                        "attempt_count": 0, "round_attempts": 0, "correlation_id": self.correlation_id,
+                        "created_at": now, "updated_at": now, "sent_at": None})
+                # with room to send at once, the rows are written claimed by this
+                # process and handed to the sender after commit: no claim round
+                claimed = self.sender.claim_on_write(rows, now)
+                ids = connection.execute(INSERT_NOTIFICATIONS, rows).scalars().all() if rows else []
         except BaseException:
-            self.sender.release(reserved)
+            self.sender.release(claimed)
             raise
-        if reserved:
-            self.sender.hand_over(claimed)
-        elif queued:
-            self.sender.wake()
+        self.sender.written(ids, rows)
         for delivery in planned:
             if delivery.status == domain.SKIPPED:
                 log.warning("order %s: %s notification skipped: %s", order["id"], delivery.channel, delivery.reason)
