@@ -86,20 +86,18 @@ class SafeAckQueueConsumer(QueueConsumer):
         return super().consume(limit=limit, timeout=timeout, safety_interval=safety_interval, **kwargs)
 
     def ack_message(self, message):
-        try:
-            super().ack_message(message)
-        except CONNECTION_ERRORS as exc:
-            log.warning("could not ack a message of %s, the broker connection is gone (%s: %s); "
-                        "it will be delivered again", message.delivery_info.get("routing_key"),
-                        type(exc).__name__, exc)
+        _unless_connection_lost(super().ack_message, message, "ack", "it will be delivered again")
 
     def requeue_message(self, message):
-        try:
-            super().requeue_message(message)
-        except CONNECTION_ERRORS as exc:
-            log.warning("could not requeue a message of %s, the broker connection is gone (%s: %s); "
-                        "the broker requeues it itself", message.delivery_info.get("routing_key"),
-                        type(exc).__name__, exc)
+        _unless_connection_lost(super().requeue_message, message, "requeue", "the broker requeues it itself")
+
+
+def _unless_connection_lost(settle, message, verb, consequence):
+    try:
+        settle(message)
+    except CONNECTION_ERRORS as exc:
+        log.warning("could not %s a message of %s, the broker connection is gone (%s: %s); %s", verb,
+                    message.delivery_info.get("routing_key"), type(exc).__name__, exc, consequence)
 
 
 class DeadLetteringQueueConsumer(SafeAckQueueConsumer):
