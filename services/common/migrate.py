@@ -80,6 +80,15 @@ def create_inbox_table_v1(op):
     )
 
 
+def index_inbox_by_processed_at(op):
+    """The inbox retention timer deletes by ``processed_at`` (frozen; each service's revision)."""
+    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"])
+
+
+def drop_inbox_processed_at_index(op):
+    op.drop_index("ix_processed_events_processed_at", "processed_events")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Migrate the services' databases to the newest schema.")
     parser.add_argument("--config", default="config.yaml")

@@ -5,13 +5,15 @@ Revises: 0002
 """
 from alembic import op
 
+from services.common.migrate import drop_inbox_processed_at_index, index_inbox_by_processed_at
+
 revision = "0003"
 down_revision = "0002"
 
 
 def upgrade():
-    op.create_index("ix_processed_events_processed_at", "processed_events", ["processed_at"])
+    index_inbox_by_processed_at(op)
 
 
 def downgrade():
-    op.drop_index("ix_processed_events_processed_at", "processed_events")
+    drop_inbox_processed_at_index(op)
