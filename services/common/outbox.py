@@ -288,11 +288,10 @@ class Outbox(DependencyProvider):
                     except Empty:
                         break
                 if batch:
-                    sent = self._publish(batch)
-                    self._unmarked.extend(sent)
-                    sent = set(sent)
+                    confirmed = self._publish(batch)
+                    self._unmarked.extend(confirmed)
                     # the relay may take what the broker did not confirm
-                    self._inflight.difference_update(body["id"] for _, body, _ in batch if body["id"] not in sent)
+                    self._inflight.difference_update({body["id"] for _, body, _ in batch} - set(confirmed))
                 if stopping or len(self._unmarked) >= BATCH_SIZE \
                         or time.monotonic() - self._marked_at >= MARK_INTERVAL:
                     self._mark_unmarked()
