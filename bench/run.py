@@ -205,6 +205,8 @@ def level_name(level):
 # the baseline ------------------------------------------------------------------------------
 
 def run_baseline(args, work):
+    from tests.system import stop_together
+
     body_file = os.path.join(work, "echo.jsonl")
     echo_bodies(body_file)
     port = free_port()
@@ -244,13 +246,7 @@ def run_baseline(args, work):
                     load["latency_ms"]["p99"] or 0, load["error_count"]))
                 time.sleep(args.pause)
         finally:
-            for process in processes.values():
-                process.send_signal(signal.SIGTERM)
-            for process in processes.values():
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_together(list(processes.values()), timeout=15)
     return results
 
 

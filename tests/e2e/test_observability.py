@@ -7,7 +7,6 @@ with prometheus_client's own text parser.
 import glob
 import json
 import os
-import signal
 import subprocess
 import uuid
 
@@ -35,15 +34,7 @@ def observed(service_config, tmp_path, request):
     running.log_path = log_dir
     running.metrics_ports = ports
     yield running
-    # all at once rather than one by one: each takes nameko a couple of seconds
-    processes = [running.processes.pop(key) for key in list(running.processes)]
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    running.stop_all()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(running.logs())
