@@ -51,6 +51,27 @@ def test_a_batch_is_confirmed_as_a_whole_and_arrives_in_order(rabbit_config):
     assert received[0][2]["nameko.correlation_id"] == "c-1"
 
 
+def test_a_batch_leaves_in_one_socket_write(rabbit_config):
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    publisher = BatchPublisher(rabbit_config["AMQP_URI"], exchange)
+    queue = bound_queue(rabbit_config["AMQP_URI"], exchange)
+    events = [new_event("bench", "thing_happened", {"n": n}) for n in range(50)]
+    writes = []
+    try:
+        publisher.publish([("thing_happened", events[0], {})])  # connects
+        transport = publisher._connection.connection.transport
+        sendall = transport._write
+        transport._write = lambda data: (writes.append(len(data)), sendall(data))
+        confirmed = publisher.publish([("thing_happened", body, {}) for body in events])
+        transport._write = sendall  # closing writes its own frames
+    finally:
+        publisher.close()
+    assert confirmed == [body["id"] for body in events]
+    assert len(writes) == 1 and writes[0] > 50 * 100, writes  # 50 messages, each well over 100 bytes
+    received = drain(rabbit_config["AMQP_URI"], queue)
+    assert [payload["data"]["n"] for _, payload, _ in received] == [0] + list(range(50))
+
+
 def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
     exchange = Exchange("bench.events", type="topic", durable=True)
     publisher = BatchPublisher("amqp://guest:guest@127.0.0.1:{}/".format(free_port()), exchange,
