@@ -28,6 +28,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # templates ship with the code and change with a deploy: no stat()
+            # of each file on every render to look for edits
+            auto_reload=False,
         )
         self.env.filters["money"] = domain.money
 
