@@ -85,16 +85,16 @@ class SafeAckQueueConsumer(QueueConsumer):
     and the broker a wake-up.
     """
 
+    def __init__(self):
+        super().__init__()
+        self._acks = []  # messages handled, waiting for the next flush of acks
+        self._ack_flush = None
+
     def consume(self, limit=None, timeout=None, safety_interval=STOP_POLL, **kwargs):
         # kombu waits up to ``safety_interval`` for a message before looking
         # at requests to stop; nameko's 1 s, paid twice, made every stop take
         # over 2 s even when idle
         return super().consume(limit=limit, timeout=timeout, safety_interval=safety_interval, **kwargs)
-
-    def __init__(self):
-        super().__init__()
-        self._acks = []  # messages handled, waiting for the next flush of acks
-        self._ack_flush = None
 
     def ack_message(self, message):
         """Ack once the workers ready now have finished, all in one socket write.

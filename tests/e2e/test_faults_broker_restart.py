@@ -85,7 +85,7 @@ def test_broker_restart_loses_no_queued_event_and_every_accepted_order_settles(
         with capsys.disabled():
             logs = system.logs(tail=10 ** 6)
             print("\n{} orders accepted, {} while the broker was down; {} events queued for notifications "
-                  "before the restart, {} after; {} acks lost with the connection; {} redeliveries skipped "
+                  "before the restart, {} after; {} flushes of acks lost with the connection; {} redeliveries skipped "
                   "as duplicates".format(len(stream.accepted), while_down, held, after_restart,
                                          logs.count("could not ack"), logs.count("already handled; skipped")))
     finally:
