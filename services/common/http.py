@@ -10,6 +10,7 @@ headers when the request's origin is allowed by ``CORS_ALLOWED_ORIGINS``.
 import json
 import logging
 import re
+from functools import partial
 
 from marshmallow import ValidationError
 from nameko.exceptions import RemoteError
@@ -184,43 +185,41 @@ class JsonHttpHandler(HttpRequestHandler):
         return json_response(status, body, headers)
 
     def response_from_exception(self, exc):
-        response = self.error_response(exc)
-        _log_error(exc, response.status_code)
+        response, complain = self._answer(exc)
+        if complain is not None:
+            complain()
         return response
 
     def error_response(self, exc):
         """The JSON error the client gets for ``exc``; also what its trace line reports."""
+        return self._answer(exc)[0]
+
+    def _answer(self, exc):
+        """``(response, complain)``: the client's answer and, for our own failures, how to log them.
+
+        Client errors are not logged here: the trace line records them.
+        """
         if is_unavailable(exc) and not isinstance(exc, ServiceError):
-            return error_response(503, ServiceUnavailable.code,
-                                  "The service's database is unavailable; try again shortly.",
-                                  {"reason": type(exc).__name__}, {"Retry-After": "1"})
+            return (error_response(503, ServiceUnavailable.code,
+                                   "The service's database is unavailable; try again shortly.",
+                                   {"reason": type(exc).__name__}, {"Retry-After": "1"}),
+                    partial(log.warning, "HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc))
         if isinstance(exc, ServiceError):
-            return service_error_response(exc)
+            return (service_error_response(exc),
+                    partial(log.warning, "HTTP %s: %s", exc.status, exc) if exc.status >= 500 else None)
         if isinstance(exc, ValidationError):
-            return service_error_response(validation_error(exc))
+            return service_error_response(validation_error(exc)), None
         if isinstance(exc, RequestEntityTooLarge):
-            return too_large(max_body_bytes(self.container.config))
+            return too_large(max_body_bytes(self.container.config)), None
         if isinstance(exc, HTTPException):
-            return error_response(exc.code or 400, _http_error_code(exc), exc.description)
+            return error_response(exc.code or 400, _http_error_code(exc), exc.description), None
         if isinstance(exc, RemoteError):
             # another service failed in a way it did not expect: not the
             # client's fault and not ours to explain
-            return error_response(502, "upstream_error", "A service this request needs failed.")
-        return error_response(500, "internal_error", "Something went wrong on our side.")
-
-
-def _log_error(exc, status):
-    """Server-side failures are logged once, here; client errors are the trace line's business."""
-    if status < 500:
-        return
-    if status == 500:
-        log.error("unhandled error in HTTP handler", exc_info=exc)
-    elif isinstance(exc, RemoteError):
-        log.error("a service this request needs failed: %s", exc)
-    elif is_unavailable(exc) and not isinstance(exc, ServiceError):
-        log.warning("HTTP 503: database unavailable: %s: %s", type(exc).__name__, exc)
-    else:
-        log.warning("HTTP %s: %s", status, exc)
+            return (error_response(502, "upstream_error", "A service this request needs failed."),
+                    partial(log.error, "a service this request needs failed: %s", exc))
+        return (error_response(500, "internal_error", "Something went wrong on our side."),
+                partial(log.error, "unhandled error in HTTP handler", exc_info=exc))
 
 
 http = JsonHttpHandler.decorator

@@ -1,14 +1,18 @@
 """The JSON front door's pieces without a server: body reading, error shape,
 CORS decisions, the broker probe."""
 import json
+import logging
 
 import pytest
+from nameko.exceptions import RemoteError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, NotFound, ServiceError, ServiceUnavailable
 from services.common.http import (
-    Cors, MalformedJson, UnsupportedMediaType, error_body, read_headers, read_json, read_query,
+    Cors, JsonHttpHandler, MalformedJson, UnsupportedMediaType, error_body, read_headers, read_json, read_query,
 )
 from services.orders.api import check_broker
 from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema
@@ -97,3 +101,26 @@ def test_preflight_names_methods_and_headers_only_for_allowed_origins():
 def test_the_broker_probe_reports_a_closed_port_as_unreachable():
     result = check_broker("amqp://guest:guest@127.0.0.1:{}/".format(free_port()), timeout=1)
     assert result.startswith("unreachable") or result.startswith("no answer")
+
+
+@pytest.mark.parametrize("error, level, text", [
+    (OperationalError("SELECT 1", {}, Exception("could not connect")), "WARNING", "HTTP 503: database unavailable"),
+    (ServiceUnavailable("The inventory service did not answer."), "WARNING",
+     "HTTP 503: The inventory service did not answer."),
+    (ServiceError("broken invariant"), "WARNING", "HTTP 500: broken invariant"),
+    (RemoteError("KeyError", "inventory broke"), "ERROR", "a service this request needs failed"),
+    (RuntimeError("a bug"), "ERROR", "unhandled error in HTTP handler"),
+    (NotFound("No order with id x."), None, None),
+    (InvalidInput("bad", details={"lines": ["Missing."]}), None, None),
+    (MethodNotAllowed(), None, None),
+])
+def test_our_failures_are_logged_once_and_client_errors_are_left_to_the_trace(error, level, text, caplog):
+    handler = JsonHttpHandler("POST", "/orders")
+    with caplog.at_level(logging.INFO, logger="services.common.http"):
+        assert handler.error_response(error).status_code == handler.response_from_exception(error).status_code
+    logged = [(record.levelname, record.getMessage()) for record in caplog.records
+              if record.name == "services.common.http"]
+    if level is None:
+        assert logged == []
+    else:
+        assert len(logged) == 1 and logged[0][0] == level and logged[0][1].startswith(text), logged
