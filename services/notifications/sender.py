@@ -16,8 +16,8 @@ accepted a message but before recording it sends that message again later.
 
 The common case skips the claim: when this process has room to send at once,
 the handler writes its rows already claimed (``sending``, with the lease)
-in its own transaction and hands them over after commit (``reserve`` /
-``hand_over``). The outcomes of finished deliveries are recorded together,
+in its own transaction and hands them over after commit (``claim_on_write``,
+then ``written``, or ``release`` if the transaction fails). The outcomes of finished deliveries are recorded together,
 a batch per transaction. Neither changes what a crash costs: a claimed row
 lapses and goes again, as before.
 """
@@ -130,12 +130,16 @@ class Sender(DependencyProvider):
         back with ``release`` if the rows are never committed.
         """
         due = [row for row in rows if row["status"] == domain.QUEUED]
-        if not due or not self._running or self._pool.free() - self._reserved < len(due):
+        if not due or not self._running or self._free_slots() < len(due):
             return 0
         self._reserved += len(due)
         for row in due:
             row.update(status=domain.SENDING, next_attempt_at=now + self.lease)
         return len(due)
+
+    def _free_slots(self):
+        """Delivery slots neither running nor promised to rows being written."""
+        return self._pool.free() - self._reserved
 
     def release(self, count):
         """Give back slots whose rows were never written (the transaction failed)."""
@@ -171,11 +175,11 @@ class Sender(DependencyProvider):
     def dispatch_due(self):
         """Start delivering what is due; return how long to sleep before looking again."""
         now = utcnow()
-        free = self._pool.free() - self._reserved
+        free = self._free_slots()
         if free > 0:
             for row in self._claim(now, free):
                 self._pool.spawn_n(self._deliver_safely, row)
-        self._room_wanted = self._pool.free() - self._reserved <= 0
+        self._room_wanted = self._free_slots() <= 0
         if self._room_wanted:
             return self.poll_interval  # a finishing delivery wakes the loop
         with self.engine.connect() as connection:
