@@ -127,15 +127,12 @@ class SafeAckQueueConsumer(QueueConsumer):
         super().stop()
 
     def requeue_message(self, message):
-        _unless_connection_lost(super().requeue_message, message, "requeue", "the broker requeues it itself")
-
-
-def _unless_connection_lost(settle, message, verb, consequence):
-    try:
-        settle(message)
-    except CONNECTION_ERRORS as exc:
-        log.warning("could not %s a message of %s, the broker connection is gone (%s: %s); %s", verb,
-                    message.delivery_info.get("routing_key"), type(exc).__name__, exc, consequence)
+        try:
+            super().requeue_message(message)
+        except CONNECTION_ERRORS as exc:
+            log.warning("could not requeue a message of %s, the broker connection is gone (%s: %s); "
+                        "the broker requeues it itself", message.delivery_info.get("routing_key"),
+                        type(exc).__name__, exc)
 
 
 class DeadLetteringQueueConsumer(SafeAckQueueConsumer):

@@ -11,10 +11,11 @@ Publishing is batched: everything committed since the last batch goes out
 on one channel in confirm mode, in one socket write, and the batch waits once
 for the broker's confirms, instead of one round trip per event (under load,
 each round trip also waited for a turn among busy green threads, and the
-outbox fell behind). Rows stay "in flight" from commit until marked sent, and the relay
-leaves those alone, so a slow publisher is not doubled by the relay. Marking
-sent is itself batched, one UPDATE per ``MARK_INTERVAL`` rather than per
-batch: a crash in between only means those events go out again.
+outbox fell behind). Rows stay "in flight" from commit until marked sent,
+and the relay leaves those alone, so a slow publisher is not doubled by the
+relay. Marking sent is itself batched, one UPDATE per ``MARK_INTERVAL``
+rather than per batch: a crash in between only means those events go out
+again.
 """
 import logging
 import time
