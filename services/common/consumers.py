@@ -2,14 +2,21 @@
 
 ``event_handler`` acks a message only after its handler returned. When the
 handler raises, the message is scheduled for another attempt after an
-exponential backoff with jitter (through a per-queue retry queue whose
-messages expire back into the original queue); a message that fails
-``MAX_DELIVERY_ATTEMPTS`` times, or is malformed, goes to the service's
-dead-letter queue with the reason, to be listed and replayed later. If even
-that publish fails, the message is requeued: it is never dropped. A failure
-that means the database is unavailable (see ``errors.is_unavailable``) is not
-the message's fault: it is retried at the capped backoff for as long as the
-outage lasts, and never dead-lettered for it.
+exponential backoff, through fixed-delay retry queues (one per backoff step,
+each with its own ``x-message-ttl``, whose messages expire back into the
+original queue: every message in one of them waits the same time, so none is
+held behind a longer one); a message that fails ``MAX_DELIVERY_ATTEMPTS``
+times, or is malformed, goes to the service's dead-letter queue with the
+reason, to be listed and replayed later. A failure that means the database
+is unavailable (see ``is_outage``) is not the message's fault: it is retried
+at the capped backoff for as long as the outage lasts, and never
+dead-lettered for it; a value the database refuses (a data error) is the
+message's fault and is dead-lettered after the bounded attempts.
+
+No failure path requeues a message at once: a forged or unreadable
+``x-delivery-attempt`` counts as the last attempt; if scheduling the retry
+fails, the message is dead-lettered with its original headers stripped; and
+if even that fails, it is requeued only after a (capped) backoff.
 
 ``first_delivery`` is the other half: each handler records the ids of the
 events it handled in the same transaction as their effect, so a redelivered
@@ -49,21 +56,106 @@ def dead_letter_queue_name(service_name):
     return "{}.dead-letters".format(service_name)
 
 
-def retry_queue(queue_name):
-    """Messages wait here until their TTL sends them back to ``queue_name``."""
-    return Queue(
-        "{}.retry".format(queue_name),
-        durable=True,
-        queue_arguments={
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": queue_name,
-        },
-    )
+def queue_arguments(config, **arguments):
+    """The ``queue_arguments`` of every durable queue a service consumes or parks messages in.
+
+    One place on purpose: event queues, the RPC queue, retry queues and the
+    dead-letter queue are all declared through ``durable_queue``, so that a
+    setting that must apply to all of them (a queue type, say) is added here
+    once. RabbitMQ refuses to redeclare a queue with other arguments, so the
+    services and the tooling (``deadletters``) must agree, and do through this.
+    """
+    return dict(arguments)
+
+
+def durable_queue(config, name, arguments=None, **kwargs):
+    """A durable kombu ``Queue`` whose arguments come from ``queue_arguments``."""
+    return Queue(name, durable=True, queue_arguments=queue_arguments(config, **(arguments or {})), **kwargs)
+
+
+RETRY_STEP_FACTOR = 4  # each fixed retry delay is this many times the one before, up to the cap
+
+
+def retry_delays(base, cap):
+    """The fixed delays (seconds) of the retry queues: base, 4 x base, ... capped.
+
+    A few steps rather than one per attempt: each step is a queue per
+    consumer queue. With the defaults (0.5, 30): 0.5, 2, 8, 30.
+    """
+    base, cap = max(0.001, float(base)), max(0.001, float(cap))
+    delays, delay = [], base
+    while delay < cap:
+        delays.append(round(delay, 3))
+        delay *= RETRY_STEP_FACTOR
+    delays.append(round(cap, 3))
+    return delays
+
+
+def retry_delay(attempt, delays):
+    """The fixed delay after the given (1-based) failed attempt."""
+    return delays[min(max(attempt, 1), len(delays)) - 1]
+
+
+def retry_queue(config, queue_name, delay):
+    """Messages wait here ``delay`` seconds, then expire back into ``queue_name``.
+
+    The TTL is the queue's, not each message's: RabbitMQ expires only the head
+    of a queue, so with per-message TTLs a long delay at the head held back
+    every shorter one behind it. The name carries the delay, so a change of
+    the backoff settings makes new queues instead of clashing with old ones.
+    """
+    milliseconds = int(round(delay * 1000))
+    return durable_queue(config, "{}.retry-{}ms".format(queue_name, milliseconds), arguments={
+        "x-message-ttl": milliseconds,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue_name,
+    })
 
 
 def backoff_seconds(attempt, base, cap):
     """Full-jitter exponential backoff for the given (1-based) failed attempt."""
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+
+
+def delivery_attempt(headers, max_attempts):
+    """The attempt number a message carries, and a note if its header was not believable.
+
+    Only this service writes ``x-delivery-attempt``, as an integer from 1; any
+    other value (a string, a negative number, a list, bytes, a bool) is
+    forged or corrupt, and counts as the last attempt so that it can never
+    buy a message endless retries. Values above the maximum are capped.
+    """
+    value = headers.get(ATTEMPT_HEADER, 1)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return min(value, max_attempts), None
+    return max_attempts, "invalid {} header {!r}".format(ATTEMPT_HEADER, value)[:200]
+
+
+def is_outage(exc):
+    """True when a failure means "the database (or a service) is not there", not "this message is bad".
+
+    ``errors.is_unavailable`` decides, with one refinement: a driver error
+    that PostgreSQL classed as data (SQLSTATE class 22) or integrity
+    (class 23) is about the value, however the driver wrapped it.
+    """
+    if not is_unavailable(exc):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "pgcode", None) or ""
+    return not sqlstate.startswith(("22", "23"))
+
+
+def error_summary(exc):
+    """A one-line reason for logs and dead-letter headers, without SQL text or parameters.
+
+    A SQLAlchemy error's ``str`` carries the statement and its parameters
+    (customer data); only the driver's first line is kept.
+    """
+    from sqlalchemy.exc import StatementError
+
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        first = (str(exc.orig).strip().splitlines() or [""])[0]
+        return "{}: {}".format(type(exc.orig).__name__, first)[:500]
+    return str(exc)[:1000]
 
 
 class SafeAckQueueConsumer(QueueConsumer):
@@ -148,15 +240,23 @@ class DeadLetteringQueueConsumer(SafeAckQueueConsumer):
         provider = self._provider_for(message)
         if provider is None:
             return super().on_decode_error(message, exc)
-        try:
-            provider.dead_letter(message, MalformedMessage(
-                "undecodable body ({}): {}".format(message.content_type, exc)))
-        except Exception:
-            log.exception("could not dead-letter an undecodable message of %s; requeueing it",
-                          provider.queue.name)
-            self.requeue_message(message)
-            return
-        self.ack_message(message)
+        provider.settle_failure(message, MalformedMessage(
+            "undecodable body ({}): {}".format(message.content_type, exc)))
+
+    def requeue_later(self, message, delay):
+        """Give ``message`` back to the broker after ``delay`` seconds, not at once.
+
+        A message requeued at once comes straight back; if what failed is
+        still failing, that is a hot loop. Held unacked meanwhile, it counts
+        against the prefetch, which also slows a flood of such messages.
+        """
+        def requeue():
+            try:
+                self.requeue_message(message)
+            except Exception:  # the channel is gone: the broker requeues it itself
+                log.warning("could not requeue a message of %s after backing off",
+                            message.delivery_info.get("routing_key"), exc_info=True)
+        eventlet.spawn_after(delay, requeue)
 
     def _provider_for(self, message):
         tag = message.delivery_info.get("consumer_tag")
@@ -172,67 +272,107 @@ class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
         config = self.container.config
-        self.max_attempts = int(config.get("MAX_DELIVERY_ATTEMPTS", 5))
+        if self.queue.durable and not self.queue.auto_delete and not self.queue.exclusive:
+            # the same queue nameko built, with its arguments from the one helper
+            self.queue = durable_queue(config, self.queue.name, exchange=self.queue.exchange,
+                                       routing_key=self.queue.routing_key)
+        self.max_attempts = max(1, int(config.get("MAX_DELIVERY_ATTEMPTS", 5)))
         self.backoff_base = float(config.get("RETRY_BACKOFF_BASE", 0.5))
         self.backoff_max = float(config.get("RETRY_BACKOFF_MAX", 30))
-        self.dead_letters = Queue(dead_letter_queue_name(self.container.service_name), durable=True)
-        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY])
+        self.retry_delays = retry_delays(self.backoff_base, self.backoff_max)
+        self.retry_queues = [retry_queue(config, self.queue.name, delay) for delay in self.retry_delays]
+        self.dead_letters = durable_queue(config, dead_letter_queue_name(self.container.service_name))
+        # mandatory: a retry or dead letter that reaches no queue (deleted
+        # under us) raises UndeliverableMessage instead of vanishing
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], mandatory=True)
+        self._bookkeeping_failures = 0
 
     def handle_message_processed(self, message, result=None, exc_info=None):
-        if exc_info is not None:
+        if exc_info is None:
+            self.queue_consumer.ack_message(message)
+            return
+        self.settle_failure(message, exc_info[1])
+
+    def settle_failure(self, message, exc):
+        """Every failure ends here: retried later, dead-lettered, or (last resort) requeued after a backoff."""
+        try:
+            self._retry_or_dead_letter(message, exc)
+        except Exception as first:
+            log.error("%s: could not schedule a retry or dead-letter (%s); dead-lettering "
+                      "with its headers stripped", self.queue.name, error_summary(first), exc_info=True)
             try:
-                self._retry_or_dead_letter(message, exc_info[1])
-            except Exception:
-                log.exception("could not reschedule a failed message of %s; requeueing it", self.queue.name)
-                self.queue_consumer.requeue_message(message)
+                self.dead_letter(message, exc, headers=_minimal_headers(message), attempt=None,
+                                 note="bookkeeping failed: {}: {}".format(type(first).__name__,
+                                                                          error_summary(first)))
+            except Exception as second:
+                self._bookkeeping_failures += 1
+                delay = min(self.backoff_max, self.backoff_base * 2 ** min(self._bookkeeping_failures, 20))
+                log.error("%s: could not dead-letter a message either (%s); requeueing it in %.2fs",
+                          self.queue.name, error_summary(second), delay)
+                self.queue_consumer.requeue_later(message, delay)
                 return
+        self._bookkeeping_failures = 0
         self.queue_consumer.ack_message(message)
 
     def _retry_or_dead_letter(self, message, exc):
         headers = dict(message.headers or {})
-        attempt = int(headers.get(ATTEMPT_HEADER, 1))
+        attempt, note = delivery_attempt(headers, self.max_attempts)
         permanent = isinstance(exc, MalformedMessage)
         # A database that is down fails every attempt through no fault of the
         # message: keep retrying at the capped backoff instead of dead-lettering.
-        waiting = is_unavailable(exc)
+        waiting = is_outage(exc)
         if not permanent and (attempt < self.max_attempts or waiting):
-            delay = backoff_seconds(min(attempt, self.max_attempts), self.backoff_base, self.backoff_max)
-            headers[ATTEMPT_HEADER] = attempt + 1
-            log.warning("%s failed attempt %d/%d (%s: %s); retrying in %.2fs",
-                        self.queue.name, attempt, self.max_attempts, type(exc).__name__, exc, delay)
-            target = retry_queue(self.queue.name)
-            self._republish(message, target, headers, expiration=delay)
+            step = len(self.retry_delays) if waiting else min(attempt, len(self.retry_delays))
+            target = self.retry_queues[step - 1]
+            headers[ATTEMPT_HEADER] = min(attempt + 1, self.max_attempts)
+            log.warning("%s failed attempt %d/%d (%s: %s)%s; retrying in %gs",
+                        self.queue.name, attempt, self.max_attempts, type(exc).__name__, error_summary(exc),
+                        " ({})".format(note) if note else "", self.retry_delays[step - 1])
+            self._republish(message, target, headers)
             return
-        self.dead_letter(message, exc, headers, attempt)
+        self.dead_letter(message, exc, headers, attempt, note=note)
 
-    def dead_letter(self, message, exc, headers=None, attempt=1):
+    def dead_letter(self, message, exc, headers=None, attempt=1, note=None):
         """Park ``message`` in the service's dead-letter queue, saying why."""
         headers = dict(message.headers or {}) if headers is None else headers
+        reason = error_summary(exc)
+        if note:
+            reason = "{} ({})".format(reason, note)
         headers.update({
             "x-original-queue": self.queue.name,
-            "x-original-exchange": message.delivery_info.get("exchange", ""),
-            "x-original-routing-key": message.delivery_info.get("routing_key", ""),
+            "x-original-exchange": str(message.delivery_info.get("exchange", "")),
+            "x-original-routing-key": str(message.delivery_info.get("routing_key", "")),
             "x-error-type": type(exc).__name__,
-            "x-error-message": str(exc)[:1000],
-            "x-attempts": attempt,
+            "x-error-message": reason[:1000],
+            "x-attempts": attempt if attempt is not None else "unknown",
             "x-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
         })
-        log.error("%s: message dead-lettered after %d attempt(s): %s: %s",
-                  self.queue.name, attempt, type(exc).__name__, exc)
+        log.error("%s: message dead-lettered after %s attempt(s): %s: %s",
+                  self.queue.name, attempt, type(exc).__name__, reason)
         self._republish(message, self.dead_letters, headers)
 
-    def _republish(self, message, queue, headers, expiration=None):
+    def _republish(self, message, queue, headers):
+        body = message.body
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            body = bytes(body)
         self.publisher.publish(
-            message.body,
+            body,
             exchange="",
             routing_key=queue.name,
             declare=[queue],
             headers=headers,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            expiration=expiration,
             message_id=message.properties.get("message_id"),
         )
+
+
+def _minimal_headers(message):
+    """The headers worth keeping when the original ones could not be sent on: the correlation id."""
+    from .correlation import CONTEXT_KEY
+
+    value = (message.headers or {}).get("nameko." + CONTEXT_KEY) if isinstance(message.headers, dict) else None
+    return {"nameko." + CONTEXT_KEY: value[:64]} if isinstance(value, str) else {}
 
 
 event_handler = ReliableEventHandler.decorator

@@ -13,15 +13,26 @@ meets a connection the broker has just reset kills the whole service.
 """
 import eventlet
 from nameko.exceptions import UnknownService
-from nameko.rpc import ReplyListener, RpcConsumer, RpcProxy
+from nameko.rpc import RPC_QUEUE_TEMPLATE, ReplyListener, RpcConsumer, RpcProxy, get_rpc_exchange
 from nameko.rpc import Rpc as NamekoRpc
 
-from .consumers import SafeAckQueueConsumer
+from .consumers import SafeAckQueueConsumer, durable_queue
 from .errors import ServiceUnavailable
 
 
 class SafeAckRpcConsumer(RpcConsumer):
     queue_consumer = SafeAckQueueConsumer()
+
+    def setup(self):
+        # nameko's RpcConsumer.setup, with the queue's arguments from the one helper
+        # every durable queue is declared through
+        if self.queue is None:
+            config = self.container.config
+            service_name = self.container.service_name
+            self.queue = durable_queue(config, RPC_QUEUE_TEMPLATE.format(service_name),
+                                       exchange=get_rpc_exchange(config), routing_key="{}.*".format(service_name))
+            self.queue_consumer.register_provider(self)
+            self._registered = True
 
 
 class Rpc(NamekoRpc):

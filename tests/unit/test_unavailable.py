@@ -5,7 +5,7 @@ import json
 from kombu import Queue
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from services.common.consumers import ATTEMPT_HEADER, ReliableEventHandler
+from services.common.consumers import ATTEMPT_HEADER, ReliableEventHandler, retry_delays, retry_queue
 from services.common.errors import NotFound, ServiceUnavailable, is_unavailable
 from services.common.http import JsonHttpHandler
 
@@ -55,6 +55,8 @@ def handler():
     reliable = ReliableEventHandler("orders", "order_created")
     reliable.max_attempts, reliable.backoff_base, reliable.backoff_max = 3, 0.01, 0.02
     reliable.queue = Queue("evt-orders-order_created--inventory.reserve_stock")
+    reliable.retry_delays = retry_delays(0.01, 0.02)
+    reliable.retry_queues = [retry_queue({}, reliable.queue.name, delay) for delay in reliable.retry_delays]
     reliable.dead_letters = Queue("inventory.dead-letters")
     reliable.publisher = RecordingPublisher()
     return reliable
@@ -64,8 +66,9 @@ def test_a_consumer_keeps_retrying_while_the_database_is_down_but_dead_letters_a
     reliable = handler()
     reliable._retry_or_dead_letter(FakeMessage(attempt=9), operational_error())
     (queue, headers), = reliable.publisher.sent
-    assert queue == "evt-orders-order_created--inventory.reserve_stock.retry"
-    assert headers[ATTEMPT_HEADER] == 10
+    # the longest fixed delay, and the count stays within the bound
+    assert queue == "evt-orders-order_created--inventory.reserve_stock.retry-20ms"
+    assert headers[ATTEMPT_HEADER] == 3
 
     reliable = handler()
     reliable._retry_or_dead_letter(FakeMessage(attempt=3), ValueError("bug"))
