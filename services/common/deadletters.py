@@ -5,16 +5,25 @@ database to be up: ``python -m services.common.deadletters list orders``.
 Listing takes messages without acknowledging them and closes the channel,
 which puts them back; replaying sends each to the queue it failed in, with
 a fresh attempt count, and removes it from the dead-letter queue only once
-the broker confirmed the copy.
+the broker confirmed the copy *and* a queue took it: it is published
+``mandatory``, so a dead letter whose queue was deleted comes back
+(``basic.return``) and stays in the dead-letter queue instead of vanishing.
+
+``waiting SERVICE`` lists the service's outbox events that no queue has
+received yet (over RPC: the service must be running).
 """
 import argparse
 import json
+import logging
 import sys
 
-from kombu import Connection, Queue
+from kombu import Connection
 
-from .consumers import ATTEMPT_HEADER, dead_letter_queue_name
+from .consumers import ATTEMPT_HEADER, dead_letter_queue_name, durable_queue
+from .errors import InvalidInput
 from .rpc import rpc
+
+log = logging.getLogger(__name__)
 
 ERROR_HEADERS = ("x-original-queue", "x-error-type", "x-error-message", "x-attempts", "x-dead-lettered-at")
 
@@ -30,17 +39,18 @@ def _describe(message):
     return described
 
 
-def _open(connection, service_name):
-    queue = Queue(dead_letter_queue_name(service_name), durable=True)
+def _open(connection, service_name, config=None):
+    # declared exactly as the services declare it (same arguments), or RabbitMQ refuses
+    queue = durable_queue(config or {}, dead_letter_queue_name(service_name))
     channel = connection.channel()
     bound = queue(channel)
     bound.declare()
     return channel, bound
 
 
-def list_dead_letters(amqp_uri, service_name, limit=100):
+def list_dead_letters(amqp_uri, service_name, limit=100, config=None):
     with Connection(amqp_uri, transport_options={"max_retries": 1}) as connection:
-        channel, queue = _open(connection, service_name)
+        channel, queue = _open(connection, service_name, config)
         found = []
         try:
             while len(found) < limit:
@@ -53,14 +63,22 @@ def list_dead_letters(amqp_uri, service_name, limit=100):
         return found
 
 
-def replay_dead_letters(amqp_uri, service_name, limit=None):
-    """Send dead letters back to the queues they failed in; return how many."""
+def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
+    """Send dead letters back to the queues they failed in; return how many.
+
+    A dead letter whose queue no longer exists is kept (unacked until the
+    channel closes, then back in the dead-letter queue) and not counted.
+    """
     replayed = 0
+    returned = []
     with Connection(amqp_uri, transport_options={"max_retries": 1, "confirm_publish": True}) as connection:
-        channel, queue = _open(connection, service_name)
+        channel, queue = _open(connection, service_name, config)
+        # the return of an unroutable mandatory message arrives before its confirm
+        channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: returned.append(routing_key))
         producer = connection.Producer(channel=channel)
+        kept = 0
         try:
-            while limit is None or replayed < limit:
+            while limit is None or replayed + kept < limit:
                 message = queue.get(no_ack=False, accept=["json"])
                 if message is None:
                     break
@@ -73,15 +91,22 @@ def replay_dead_letters(amqp_uri, service_name, limit=None):
                 if not target:
                     message.reject(requeue=True)
                     break
+                del returned[:]
                 producer.publish(
-                    message.body, exchange="", routing_key=target, headers=headers,
+                    message.body, exchange="", routing_key=target, headers=headers, mandatory=True,
                     content_type=message.content_type, content_encoding=message.content_encoding,
                     delivery_mode=2, message_id=message.properties.get("message_id"),
                 )
+                if returned:  # no such queue: keep it, unacked, so it goes back on close
+                    kept += 1
+                    continue
                 message.ack()
                 replayed += 1
         finally:
             channel.close()
+    if kept:
+        log.warning("%d dead letter(s) of %s kept: the queue they failed in does not exist (any more); "
+                    "start the service that consumes it, then replay again", kept, service_name)
     return replayed
 
 
@@ -90,30 +115,48 @@ class DeadLetterRpc:
 
     @rpc
     def list_dead_letters(self, limit=100):
-        return list_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return list_dead_letters(self.config["AMQP_URI"], self.name, limit, config=self.config)
 
     @rpc
     def replay_dead_letters(self, limit=None):
-        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit, config=self.config)
+
+    @rpc
+    def list_waiting_events(self, limit=100):
+        """Outbox events not yet received by any queue (unsent, or unroutable and retried)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput("The request is not valid.", details={"limit": ["Must be an integer from 1 to 1000."]})
+        outbox = getattr(self, "outbox", None)
+        return outbox.waiting(limit) if outbox is not None else []
 
 
 def main(argv=None):
     from .settings import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["list", "replay"])
+    parser.add_argument("action", choices=["list", "replay", "waiting"])
     parser.add_argument("service", choices=["orders", "inventory", "notifications"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--config", default="config.yaml")
     args = parser.parse_args(argv)
-    amqp_uri = load_config(args.config)["AMQP_URI"]
-    if args.action == "list":
-        letters = list_dead_letters(amqp_uri, args.service, args.limit or 100)
+    config = load_config(args.config)
+    amqp_uri = config["AMQP_URI"]
+    if args.action == "waiting":
+        from nameko.standalone.rpc import ClusterRpcProxy
+
+        with ClusterRpcProxy(config, timeout=10) as proxy:
+            events = getattr(proxy, args.service).list_waiting_events(args.limit or 100)
+        json.dump(events, sys.stdout, indent=2, default=str)
+        print()
+        print("{} outbox event(s) of {} not received by any queue yet ({} unroutable)".format(
+            len(events), args.service, sum(1 for event in events if event["unroutable"])), file=sys.stderr)
+    elif args.action == "list":
+        letters = list_dead_letters(amqp_uri, args.service, args.limit or 100, config=config)
         json.dump(letters, sys.stdout, indent=2, default=str)
         print()
         print("{} dead letter(s) in {}".format(len(letters), dead_letter_queue_name(args.service)), file=sys.stderr)
     else:
-        count = replay_dead_letters(amqp_uri, args.service, args.limit)
+        count = replay_dead_letters(amqp_uri, args.service, args.limit, config=config)
         print("replayed {} message(s) from {}".format(count, dead_letter_queue_name(args.service)))
 
 

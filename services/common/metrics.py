@@ -202,7 +202,26 @@ class Metrics(DependencyProvider):
                     "outbox_oldest_waiting_age_seconds", "Age of the oldest unpublished outbox row.",
                     labels=["service"]))
                 families[-1].add_metric([service], age)
+                families.append(self._unroutable(connection, service))
         return families
+
+    def _unroutable(self, connection, service):
+        """Unsent outbox rows of the event types this process found reaching no queue."""
+        family = GaugeMetricFamily(
+            "outbox_unroutable_events",
+            "Unpublished outbox rows whose event type reached no queue on its last try (kept, retried).",
+            labels=["service", "event_type"])
+        provider = next((extension for extension in self.container.dependencies
+                         if hasattr(extension, "unroutable_types")), None)
+        types = sorted(provider.unroutable_types()) if provider is not None else []
+        if types:
+            rows = connection.execute(
+                select(self.outbox.event_type, func.count())
+                .where(self.outbox.published_at.is_(None), self.outbox.event_type.in_(types))
+                .group_by(self.outbox.event_type)).all()
+            for event_type, count in rows:
+                family.add_metric([service, event_type], count)
+        return family
 
     def _dead_letters(self, service):
         queue_name = dead_letter_queue_name(service)

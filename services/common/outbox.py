@@ -16,6 +16,17 @@ and the relay leaves those alone, so a slow publisher is not doubled by the
 relay. Marking sent is itself batched, one UPDATE per ``MARK_INTERVAL``
 rather than per batch: a crash in between only means those events go out
 again.
+
+A confirm is not a delivery: RabbitMQ confirms a message that no queue took.
+Events are published ``mandatory``; one that reaches no queue comes back
+(``basic.return``, before its ack) and is treated as not sent. Its row stays
+unsent, and its event type is *unroutable*: the relay leaves that type alone
+for a backoff that doubles from ``OUTBOX_RELAY_INTERVAL`` up to
+``RETRY_BACKOFF_MAX``, then tries again, until a consumer has declared its
+queue. Operators see them in the ``outbox_unroutable_events`` metric and in
+``list_waiting_events`` (``./run.sh dlq waiting SERVICE``). Event types a
+service declares ``optional`` have no consumer by design: a return of one
+counts as sent.
 """
 import logging
 import time
@@ -37,7 +48,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .correlation import CONTEXT_KEY
 from .db import database_uri, make_engine
-from .events import new_event, utcnow
+from .events import as_utc, new_event, utcnow
 from .wire import coalesced_writes
 
 log = logging.getLogger(__name__)
@@ -106,6 +117,9 @@ class BatchPublisher:
         self._unconfirmed = {}  # delivery tag -> event id
         self._confirmed = []
         self._nacked = []
+        self._returned_ids = set()  # returned by the broker, their acks not yet in
+        self._returned = []  # (event id, routing key) of this batch that reached no queue
+        self._routing_keys = {}  # event id -> routing key, for the batch in flight
 
     def _ensure_channel(self):
         if self._connection is not None:
@@ -117,6 +131,9 @@ class BatchPublisher:
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
+            # without a listener amqp raises on a basic.return; with one, it
+            # arrives before the message's ack, which then must not count
+            channel.events["basic_return"].add(self._on_return)
             self.exchange(channel).declare()
         except Exception:
             connection.release()
@@ -132,8 +149,18 @@ class BatchPublisher:
         tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
         for t in tags:
             event_id = self._unconfirmed.pop(t, None)
-            if event_id is not None:
+            if event_id is None:
+                continue
+            if event_id in self._returned_ids:  # acked, but no queue took it
+                self._returned_ids.discard(event_id)
+                self._returned.append((event_id, self._routing_keys.get(event_id)))
+            else:
                 into.append(event_id)
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        event_id = (message.properties or {}).get("message_id")
+        if event_id is not None:
+            self._returned_ids.add(event_id)
 
     def _on_ack(self, tag, multiple):
         self._settle(tag, multiple, self._confirmed)
@@ -144,18 +171,22 @@ class BatchPublisher:
     def publish(self, messages):
         """Publish (routing key, body, headers) triples; return the confirmed event ids.
 
-        Raises PublishFailed (with the ids confirmed before the failure in
-        ``confirmed``) if the broker could not be reached, nacked a message
-        or did not confirm in time.
+        Only events some queue received count as confirmed; those that
+        reached no queue are in ``returned`` afterwards, as (event id,
+        routing key) pairs. Raises PublishFailed (with the ids confirmed
+        before the failure in ``confirmed``) if the broker could not be
+        reached, nacked a message or did not confirm in time.
         """
-        self._confirmed, self._nacked = [], []
+        self._confirmed, self._nacked, self._returned = [], [], []
+        self._returned_ids = set()
+        self._routing_keys = {body["id"]: routing_key for routing_key, body, _ in messages}
         try:
             self._ensure_channel()
             with coalesced_writes(self._connection.connection):
                 for routing_key, body, headers in messages:
                     self._unconfirmed[self._next_tag] = body["id"]
                     self._next_tag += 1
-                    self._producer.publish(body, routing_key=routing_key, headers=headers,
+                    self._producer.publish(body, routing_key=routing_key, headers=headers, mandatory=True,
                                            message_id=body["id"], delivery_mode=PERSISTENT, retry=False)
             with eventlet.Timeout(self.confirm_timeout):
                 while self._unconfirmed:
@@ -164,12 +195,19 @@ class BatchPublisher:
             self.close()
             error = PublishFailed("{}: {}".format(type(exc).__name__, exc) if str(exc) else type(exc).__name__)
             error.confirmed = list(self._confirmed)
+            error.returned = list(self._returned)
             raise error from None
         if self._nacked:
             error = PublishFailed("broker refused {} event(s)".format(len(self._nacked)))
             error.confirmed = list(self._confirmed)
+            error.returned = list(self._returned)
             raise error
         return list(self._confirmed)
+
+    @property
+    def returned(self):
+        """(event id, routing key) of the last batch's events that reached no queue."""
+        return list(self._returned)
 
     def close(self):
         if self._connection is not None:
@@ -201,11 +239,28 @@ class OutboxWriter:
         self._provider.publish_after_commit(session, (event_type, body, correlation_id))
         return body
 
+    def waiting(self, limit=100):
+        """The oldest unsent events, for operators (see ``Outbox.waiting``)."""
+        return self._provider.waiting(limit)
+
+
+class Unroutable:
+    """An event type whose events reached no queue: when, how often, when to try again."""
+
+    def __init__(self, now):
+        self.since = now
+        self.attempts = 0
+        self.next_try = now
+        self.returned = 0
+
 
 class Outbox(DependencyProvider):
-    def __init__(self, declarative_base, model):
+    def __init__(self, declarative_base, model, optional=()):
+        """``optional``: event types with no consumer by design; reaching no queue is fine for them."""
         self.declarative_base = declarative_base
         self.model = model
+        self.optional = frozenset(optional)
+        self.unroutable = {}  # event type -> Unroutable, in this process
         self._pending = Queue()
         self._inflight = set()  # committed, handed to the publisher, not yet marked sent
         self._unmarked = []  # confirmed by the broker, to be marked sent with the next lot
@@ -230,6 +285,7 @@ class Outbox(DependencyProvider):
         self.Session = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.relay_interval = float(config.get("OUTBOX_RELAY_INTERVAL", 2))
         self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE", 3)))
+        self.unroutable_backoff_max = max(self.relay_interval, float(config.get("RETRY_BACKOFF_MAX", 30)))
 
     def start(self):
         self._running = True
@@ -310,15 +366,66 @@ class Outbox(DependencyProvider):
         self._marked_at = time.monotonic()
 
     def _publish(self, batch):
-        """Publish ``batch``; return the ids of the events the broker confirmed."""
+        """Publish ``batch``; return the ids of the events the broker confirmed and some queue took."""
         with self._publishing:
             try:
-                return self.publisher.publish(
+                confirmed = self.publisher.publish(
                     [(event_type, body, _headers(correlation_id)) for event_type, body, correlation_id in batch])
+                returned = self.publisher.returned
             except PublishFailed as exc:  # the relay will send the rest later
                 log.warning("outbox: publishing %d event(s) failed, %d confirmed, the rest left for the relay: %s",
                             len(batch), len(exc.confirmed), exc)
-                return exc.confirmed
+                confirmed, returned = exc.confirmed, exc.returned
+        return confirmed + self._note_routing(batch, confirmed, returned)
+
+    def _note_routing(self, batch, confirmed, returned):
+        """Track which event types reach no queue; return the returned ids that count as sent (optional types)."""
+        now = time.monotonic()
+        confirmed_ids = set(confirmed)
+        routed_types = {event_type for event_type, body, _ in batch if body["id"] in confirmed_ids}
+        for event_type in routed_types & set(self.unroutable):
+            state = self.unroutable.pop(event_type)
+            log.info("outbox: %s events reach a queue again (after %d returned over %.0fs); "
+                     "the waiting ones go out with the next relay", event_type, state.returned, now - state.since)
+        sent_anyway, by_type = [], {}
+        for event_id, routing_key in returned:
+            if routing_key in self.optional:
+                sent_anyway.append(event_id)  # no consumer by design
+            else:
+                by_type.setdefault(routing_key, []).append(event_id)
+        for event_type, event_ids in by_type.items():
+            state = self.unroutable.get(event_type)
+            if state is None:
+                state = self.unroutable[event_type] = Unroutable(now)
+            state.attempts += 1
+            state.returned += len(event_ids)
+            delay = min(self.unroutable_backoff_max, self.relay_interval * 2 ** min(state.attempts - 1, 20))
+            state.next_try = now + delay
+            log.warning("outbox: %d %s event(s) reached no queue (no consumer has declared one yet); "
+                        "kept unsent, next try in %.1fs", len(event_ids), event_type, delay)
+        return sent_anyway
+
+    def unroutable_types(self):
+        """Event types whose events reached no queue on the last try, with what is known about them."""
+        now = time.monotonic()
+        return {event_type: {"since_seconds": round(now - state.since, 3), "attempts": state.attempts,
+                             "returned": state.returned, "next_try_in_seconds": round(max(0.0, state.next_try - now), 3)}
+                for event_type, state in list(self.unroutable.items())}
+
+    def waiting(self, limit=100):
+        """The oldest unsent events (type, id, age, and whether they are unroutable), for operators."""
+        now = utcnow()
+        unroutable = self.unroutable_types()
+        with self.Session() as session:
+            rows = session.execute(
+                select(self.model.event_id, self.model.event_type, self.model.created_at)
+                .where(self.model.published_at.is_(None))
+                .order_by(self.model.id)
+                .limit(limit)
+            ).all()
+        return [{"event_id": row.event_id, "event_type": row.event_type,
+                 "age_seconds": round(max(0.0, (now - as_utc(row.created_at)).total_seconds()), 3),
+                 "unroutable": unroutable.get(row.event_type)} for row in rows]
 
     def _mark_sent(self, event_ids):
         if not event_ids:
@@ -345,13 +452,15 @@ class Outbox(DependencyProvider):
     def relay_once(self, grace=None):
         """Publish rows still unsent after the grace period; return how many."""
         cutoff = utcnow() - (self.grace if grace is None else grace)
+        now = time.monotonic()
+        # types that reached no queue wait out their backoff: retried, not hot
+        backing_off = [event_type for event_type, state in list(self.unroutable.items()) if state.next_try > now]
+        query = (select(self.model.event_type, self.model.body, self.model.correlation_id)
+                 .where(self.model.published_at.is_(None), self.model.created_at <= cutoff))
+        if backing_off:
+            query = query.where(self.model.event_type.not_in(backing_off))
         with self.Session() as session:
-            rows = session.execute(
-                select(self.model.event_type, self.model.body, self.model.correlation_id)
-                .where(self.model.published_at.is_(None), self.model.created_at <= cutoff)
-                .order_by(self.model.id)
-                .limit(BATCH_SIZE)
-            ).all()
+            rows = session.execute(query.order_by(self.model.id).limit(BATCH_SIZE)).all()
         # rows the publisher already holds are late, not lost
         rows = [row for row in rows if row.body["id"] not in self._inflight]
         if rows:

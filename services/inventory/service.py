@@ -61,7 +61,9 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     config = Config()
     inbox = ProcessedEvent  # for InboxRetention
     db = ServiceDatabase(InventoryBase)
-    outbox = Outbox(InventoryBase, OutboxMessage)
+    # stock_released has no consumer by design (an audit fact others may
+    # subscribe to later): reaching no queue is not a reason to keep it
+    outbox = Outbox(InventoryBase, OutboxMessage, optional=("stock_released",))
     correlation_id = CorrelationId()
     tracer = Tracer()
     metrics = Metrics(InventoryBase, outbox=OutboxMessage, counts=[(

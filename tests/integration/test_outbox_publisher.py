@@ -164,3 +164,53 @@ def test_only_a_committed_transaction_hands_its_events_to_the_publisher(orders_o
     assert outbox._pending.qsize() == 1
     assert outbox._pending.get_nowait()[1]["id"] == kept["id"]
     assert outbox._inflight == {kept["id"]}
+
+
+def unsent_ids(outbox):
+    with outbox.engine.connect() as connection:
+        return set(connection.execute(text("SELECT event_id FROM outbox WHERE published_at IS NULL")).scalars())
+
+
+def test_an_event_that_reaches_no_queue_stays_unsent_backs_off_and_goes_out_once_a_queue_appears(
+        rabbit_config, orders_outbox):
+    outbox = orders_outbox
+    outbox.relay_interval, outbox.unroutable_backoff_max = 0.3, 0.6
+    lost = new_event("orders", "order_created", {"n": 1})
+    with outbox.Session.begin() as session:
+        session.add(OutboxMessage(event_id=lost["id"], event_type="order_created", body=lost,
+                                  created_at=utcnow() - timedelta(minutes=1)))
+    tries = []
+    real_publish = outbox.publisher.publish
+
+    def counting(messages):
+        tries.append(len(messages))
+        return real_publish(messages)
+    outbox.publisher.publish = counting
+
+    assert outbox.relay_once(grace=timedelta(0)) == 1  # tried: the broker returned it (no queue)
+    assert unsent_ids(outbox) == {lost["id"]}, "a confirm of a message no queue took is not a delivery"
+    assert set(outbox.unroutable_types()) == {"order_created"}
+    assert [event["unroutable"] is not None for event in outbox.waiting()] == [True]
+    for _ in range(5):  # backing off: the relay does not hammer the broker with it
+        outbox.relay_once(grace=timedelta(0))
+    assert len(tries) == 1
+
+    queue = bound_queue(rabbit_config["AMQP_URI"], outbox.exchange)  # the consumer appears
+    eventually(lambda: outbox.relay_once(grace=timedelta(0)) or not unsent_ids(outbox), timeout=10,
+               interval=0.1, message="relay tried again after the backoff")
+    eventually(lambda: not unsent_ids(outbox), timeout=10, message="marked sent once a queue took it")
+    assert [payload["id"] for _, payload, _ in drain(rabbit_config["AMQP_URI"], queue)] == [lost["id"]]
+    assert outbox.unroutable_types() == {}
+    assert len(tries) <= 4, tries
+
+
+def test_an_event_with_no_consumer_by_design_counts_as_sent(rabbit_config, orders_outbox):
+    outbox = orders_outbox
+    outbox.optional = frozenset({"stock_released"})
+    audit = new_event("orders", "stock_released", {"n": 1})
+    with outbox.Session.begin() as session:
+        session.add(OutboxMessage(event_id=audit["id"], event_type="stock_released", body=audit,
+                                  created_at=utcnow() - timedelta(minutes=1)))
+    assert outbox.relay_once(grace=timedelta(0)) == 1
+    assert unsent_ids(outbox) == set()
+    assert outbox.unroutable_types() == {}

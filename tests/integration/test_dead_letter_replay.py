@@ -1,0 +1,33 @@
+"""A dead letter replayed to a queue that no longer exists is not lost: it is
+published mandatory, comes back, and stays in the dead-letter queue until
+its queue exists again. Real broker, no services needed."""
+from kombu import Connection, Queue
+
+from services.common.deadletters import list_dead_letters, replay_dead_letters
+
+
+def park(amqp_uri, original_queue):
+    with Connection(amqp_uri) as connection:
+        queue = Queue("inventory.dead-letters", durable=True)
+        queue(connection.channel()).declare()
+        connection.Producer().publish({"id": "e-1", "type": "order_created"}, exchange="",
+                                      routing_key="inventory.dead-letters", serializer="json",
+                                      headers={"x-original-queue": original_queue, "x-error-type": "RuntimeError"})
+
+
+def test_a_dead_letter_whose_queue_was_deleted_stays_parked_until_the_queue_is_back(rabbit_config):
+    amqp_uri = rabbit_config["AMQP_URI"]
+    park(amqp_uri, "evt-gone--inventory.reserve_stock")
+
+    assert replay_dead_letters(amqp_uri, "inventory") == 0
+    letters = list_dead_letters(amqp_uri, "inventory")
+    assert [letter["body"]["id"] for letter in letters] == ["e-1"], "the dead letter was lost"
+
+    target = Queue("evt-gone--inventory.reserve_stock", durable=True)
+    with Connection(amqp_uri) as connection:
+        bound = target(connection.channel())
+        bound.declare()
+        assert replay_dead_letters(amqp_uri, "inventory") == 1
+        assert list_dead_letters(amqp_uri, "inventory") == []
+        message = bound.get(no_ack=True, accept=["json"])
+        assert message is not None and message.payload["id"] == "e-1"
