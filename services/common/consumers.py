@@ -31,12 +31,13 @@ import amqp.exceptions
 import eventlet
 from kombu import Queue
 from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
 from nameko.timer import timer
 from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
+from .correlation import CONTEXT_KEY as CORRELATION_KEY
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
 from .wire import coalesced_writes
@@ -117,6 +118,37 @@ def backoff_seconds(attempt, base, cap):
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
 
 
+MAX_CONTEXT_VALUE = 256  # characters of a context header value worth carrying on
+MAX_CALL_ID_STACK = 64
+
+
+def safe_context_data(data):
+    """Worker context data, from message headers anyone can forge, reduced to what is safe to use.
+
+    nameko builds each worker's context from the message's headers as they
+    come: a ``nameko.call_id_stack`` that is not a list of strings makes
+    the worker fail before any entrypoint code runs, outside the error
+    handling that settles a message, which kills the whole service. Kept:
+    a call id stack of strings, and scalar values of reasonable size; a
+    correlation id only if the outbox can store it (64 characters, no NUL).
+    """
+    safe = {}
+    for key, value in data.items():
+        if key == CALL_ID_STACK_CONTEXT_KEY:
+            if isinstance(value, list) and all(isinstance(item, str) and len(item) <= MAX_CONTEXT_VALUE
+                                               for item in value):
+                safe[key] = value[-MAX_CALL_ID_STACK:]
+        elif key == CORRELATION_KEY:
+            if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
+                safe[key] = value
+        elif isinstance(value, str):
+            if len(value) <= MAX_CONTEXT_VALUE:
+                safe[key] = value
+        elif isinstance(value, (int, float)):
+            safe[key] = value
+    return safe
+
+
 def delivery_attempt(headers, max_attempts):
     """The attempt number a message carries, and a note if its header was not believable.
 
@@ -131,17 +163,22 @@ def delivery_attempt(headers, max_attempts):
     return max_attempts, "invalid {} header {!r}".format(ATTEMPT_HEADER, value)[:200]
 
 
+DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
 def is_outage(exc):
     """True when a failure means "the database (or a service) is not there", not "this message is bad".
 
     ``errors.is_unavailable`` decides, with one refinement: a driver error
-    that PostgreSQL classed as data (SQLSTATE class 22) or integrity
-    (class 23) is about the value, however the driver wrapped it.
+    that PostgreSQL classed as data (SQLSTATE class 22), integrity (23) or
+    a program limit (54: a value too large for an index, too many columns)
+    is about the value, however the driver wrapped it (psycopg2 raises class
+    54 as OperationalError).
     """
     if not is_unavailable(exc):
         return False
     sqlstate = getattr(getattr(exc, "orig", None), "pgcode", None) or ""
-    return not sqlstate.startswith(("22", "23"))
+    return not sqlstate.startswith(DATA_ERROR_CLASSES)
 
 
 def error_summary(exc):
@@ -287,6 +324,9 @@ class ReliableEventHandler(EventHandler):
         self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], mandatory=True)
         self._bookkeeping_failures = 0
 
+    def unpack_message_headers(self, message):
+        return safe_context_data(super().unpack_message_headers(message))
+
     def handle_message_processed(self, message, result=None, exc_info=None):
         if exc_info is None:
             self.queue_consumer.ack_message(message)
@@ -369,10 +409,8 @@ class ReliableEventHandler(EventHandler):
 
 def _minimal_headers(message):
     """The headers worth keeping when the original ones could not be sent on: the correlation id."""
-    from .correlation import CONTEXT_KEY
-
-    value = (message.headers or {}).get("nameko." + CONTEXT_KEY) if isinstance(message.headers, dict) else None
-    return {"nameko." + CONTEXT_KEY: value[:64]} if isinstance(value, str) else {}
+    value = (message.headers or {}).get("nameko." + CORRELATION_KEY) if isinstance(message.headers, dict) else None
+    return {"nameko." + CORRELATION_KEY: value[:64]} if isinstance(value, str) else {}
 
 
 event_handler = ReliableEventHandler.decorator

@@ -16,7 +16,7 @@ from nameko.exceptions import UnknownService
 from nameko.rpc import RPC_QUEUE_TEMPLATE, ReplyListener, RpcConsumer, RpcProxy, get_rpc_exchange
 from nameko.rpc import Rpc as NamekoRpc
 
-from .consumers import SafeAckQueueConsumer, durable_queue
+from .consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
 from .errors import ServiceUnavailable
 
 
@@ -37,6 +37,10 @@ class SafeAckRpcConsumer(RpcConsumer):
 
 class Rpc(NamekoRpc):
     rpc_consumer = SafeAckRpcConsumer()
+
+    def unpack_message_headers(self, message):
+        # a forged nameko.call_id_stack would otherwise kill the service
+        return safe_context_data(super().unpack_message_headers(message))
 
 
 rpc = Rpc.decorator

@@ -146,3 +146,29 @@ def test_a_value_the_database_refuses_is_dead_lettered_after_the_bounded_attempt
         assert not any(sql in message for sql in ("[SQL", "SELECT", "INSERT", "UPDATE", "parameters")), message
     rpc.inventory.create_product("OK-1", "Still works", 100, 1)  # the consumer goes on
     eventually(lambda: rpc.orders.list_catalogue(), message="consumers still consuming")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_forged_nameko_context_headers_do_not_stall_or_kill_the_consumer(running, rpc, service_config, handled):
+    forged = [{"nameko.call_id_stack": 5}, {"nameko.call_id_stack": "abc"}, {"nameko.call_id_stack": [None, 7]},
+              {"nameko.correlation_id": [1, 2]}, {"nameko.correlation_id": b"\xff"},
+              {"nameko.correlation_id": "x" * 5000}]
+    for number, headers in enumerate(forged):
+        publish_to_queue(service_config, {"id": "ctx-{}".format(number), "type": "order_created"}, headers)
+    letters = eventually(lambda: len(rpc.inventory.list_dead_letters()) >= len(forged)
+                         and rpc.inventory.list_dead_letters(), timeout=20, message="every forged message parked")
+    assert {letter["body"]["id"] for letter in letters} == {"ctx-{}".format(n) for n in range(len(forged))}
+    rpc.inventory.create_product("OK-2", "Still works", 100, 1)  # the service lives on
+    eventually(lambda: rpc.orders.list_catalogue(), message="consumers still consuming")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_rpc_request_with_a_forged_call_id_stack_does_not_kill_the_service(running, rpc, service_config):
+    with Connection(service_config["AMQP_URI"]) as connection:
+        for stack in (5, "abc", [1, 2], {"a": 1}):
+            connection.Producer().publish({"args": [], "kwargs": {}}, exchange="nameko-rpc",
+                                          routing_key="inventory.ping", serializer="json", retry=True,
+                                          reply_to="nobody-listens", correlation_id="forged",
+                                          headers={"nameko.call_id_stack": stack})
+    time.sleep(1)
+    assert rpc.inventory.ping() == "pong"

@@ -75,3 +75,43 @@ def test_a_consumer_keeps_retrying_while_the_database_is_down_but_dead_letters_a
     (queue, headers), = reliable.publisher.sent
     assert queue == "inventory.dead-letters"
     assert headers["x-error-type"] == "ValueError"
+
+
+class _DriverError(Exception):
+    def __init__(self, message, pgcode=None):
+        super().__init__(message)
+        self.pgcode = pgcode
+
+
+def test_an_outage_waits_but_a_value_the_database_refuses_is_dead_lettered_after_the_bound():
+    from sqlalchemy.exc import DataError
+
+    outages = [operational_error(),
+               OperationalError("SELECT 1", {}, _DriverError("server closed the connection", "08006")),
+               OperationalError("SELECT 1", {}, _DriverError("terminating connection", "57P01"))]
+    data_errors = [DataError("INSERT", {}, _DriverError("integer out of range", "22003")),
+                   IntegrityError("INSERT", {}, _DriverError("violates check constraint", "23514")),
+                   # psycopg2 raises a program limit (a value too big for an index) as OperationalError
+                   OperationalError("INSERT", {}, _DriverError("index row size exceeds maximum", "54000")),
+                   ValueError("A string literal cannot contain NUL (0x00) characters.")]
+    for exc in outages:
+        reliable = handler()
+        reliable._retry_or_dead_letter(FakeMessage(attempt=3), exc)
+        (queue, headers), = reliable.publisher.sent
+        assert queue.startswith("evt-orders-order_created--inventory.reserve_stock.retry"), exc
+    for exc in data_errors:
+        reliable = handler()
+        reliable._retry_or_dead_letter(FakeMessage(attempt=3), exc)
+        (queue, headers), = reliable.publisher.sent
+        assert queue == "inventory.dead-letters", exc
+        assert "INSERT" not in headers["x-error-message"], headers["x-error-message"]
+
+
+def test_retry_delays_are_a_few_fixed_steps_from_base_to_cap():
+    assert retry_delays(0.5, 30) == [0.5, 2.0, 8.0, 30.0]
+    assert retry_delays(0.05, 0.2) == [0.05, 0.2]
+    assert retry_delays(5, 1) == [1.0]
+    queue = retry_queue({}, "q", 2.0)
+    assert queue.name == "q.retry-2000ms"
+    assert queue.queue_arguments == {"x-message-ttl": 2000, "x-dead-letter-exchange": "",
+                                     "x-dead-letter-routing-key": "q"}
