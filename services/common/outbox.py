@@ -380,6 +380,8 @@ class Outbox(DependencyProvider):
 
     def _note_routing(self, batch, confirmed, returned):
         """Track which event types reach no queue; return the returned ids that count as sent (optional types)."""
+        if not returned and not self.unroutable:  # the usual case: nothing to track
+            return []
         now = time.monotonic()
         confirmed_ids = set(confirmed)
         routed_types = {event_type for event_type, body, _ in batch if body["id"] in confirmed_ids}

@@ -7,6 +7,7 @@ Real ``nameko run`` processes, the shared broker on a private vhost.
 """
 from urllib.parse import quote
 
+import pytest
 import requests
 from sqlalchemy import text
 
@@ -40,6 +41,7 @@ def notified_once(system, order_ids):
     return True
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_order_placed_while_its_consumer_queue_is_deleted_is_confirmed_once_it_returns(
         system, service_config, request):
     system.start()
@@ -91,6 +93,7 @@ def seed_product(system, sku, price, stock):
             engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_orders_started_alone_then_inventory_and_notifications_for_the_first_time(system):
     seed_product(system, "FIRST-1", 300, 100)
     system.start("orders")  # a fresh vhost: nobody has declared inventory's or notifications' queues
