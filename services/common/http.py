@@ -22,12 +22,12 @@ import logging
 import re
 import socket
 from collections import namedtuple
+import time
 from functools import partial
 
 import eventlet
 from eventlet.semaphore import Semaphore
 from eventlet.wsgi import ChunkReadError
-
 from marshmallow import ValidationError
 from nameko.exceptions import RemoteError
 from nameko.web.handlers import HttpRequestHandler
@@ -124,6 +124,25 @@ class HttpLimits(namedtuple("HttpLimits", "read_timeout max_connections max_conc
     def worker_slots(self):
         """Workers HTTP may hold at most: what the container's pool grows by."""
         return self.max_concurrency + self.OPS_CONCURRENCY
+
+
+class Throttled:
+    """One WARNING per ``interval`` seconds for a refusal that can come in floods, with a count."""
+
+    def __init__(self, what, interval=10.0):
+        self.what = what
+        self.interval = interval
+        self.count = 0
+        self.last = None
+
+    def __call__(self, detail):
+        self.count += 1
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.interval:
+            log.warning("HTTP 503: %s (%d since the last such line); e.g. %s", self.what, self.count, detail)
+            self.last, self.count = now, 0
+        else:
+            log.debug("HTTP 503: %s: %s", self.what, detail)
 
 
 class ClientGone(Exception):
@@ -366,6 +385,8 @@ class JsonWebServer(WebServer):
         self.limits = None
         self.slots = {}
         self.connections = 0
+        self.refused = Throttled("connection refused: HTTP_MAX_CONNECTIONS open")
+        self.busy = Throttled("every HTTP request slot busy (HTTP_MAX_CONCURRENCY)")
 
     def setup(self):
         self.limits = HttpLimits.from_config(self.container.config)
@@ -397,6 +418,7 @@ class JsonWebServer(WebServer):
         while self._is_accepting:
             sock, addr = self._sock.accept()
             if self.connections >= self.limits.max_connections:
+                self.refused("{} open".format(self.connections))
                 self.container.spawn_managed_thread(partial(self.refuse, sock), identifier="http_refuse")
                 continue
             sock.settimeout(self._serv.socket_timeout)
@@ -434,7 +456,6 @@ class JsonWebServer(WebServer):
             pass
         finally:
             sock.close()
-        log.info("HTTP connection refused: %d open (HTTP_MAX_CONNECTIONS)", self.connections)
 
     def context_data_from_headers(self, request):
         return {CONTEXT_KEY: request.environ.get(ENVIRON_KEY) or new_correlation_id()}
@@ -455,8 +476,8 @@ class JsonHttpHandler(HttpRequestHandler):
         ``HTTP_QUEUE_TIMEOUT`` for a slot, then get a 503."""
         slots = self.server.slots[self.ops]
         if not slots.acquire(timeout=self.server.limits.queue_timeout):
-            log.info("HTTP 503: all %s slots busy: %s %s", "operations" if self.ops else "request",
-                     request.method, request.path[:200])
+            self.server.busy("{}{} {}".format("(operations) " if self.ops else "", request.method,
+                                              request.path[:200]))
             return too_busy("requests")
         try:
             return super().handle_request(request)

@@ -110,3 +110,15 @@ def test_the_worker_pool_grows_by_the_http_slots_only():
     server.container = container
     server.setup()
     assert container._worker_pool.size == 10 + 7 + HttpLimits.OPS_CONCURRENCY
+
+
+def test_refusals_in_a_flood_are_one_warning_per_interval(caplog):
+    from services.common.http import Throttled
+
+    refused = Throttled("connection refused", interval=60)
+    with caplog.at_level(logging.DEBUG, "services.common.http"):
+        for n in range(5):
+            refused("{} open".format(n))
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "0 open" in warnings[0].getMessage()
+    assert len([record for record in caplog.records if record.levelno == logging.DEBUG]) == 4
