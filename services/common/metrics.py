@@ -260,6 +260,6 @@ class _StateCollector:
 class MetricsHttp:
     """``GET /metrics`` on the service's HTTP port; needs ``metrics = Metrics(...)``."""
 
-    @http("GET", "/metrics")
+    @http("GET", "/metrics", ops=True)
     def http_metrics(self, request):
         return self.metrics.response()

@@ -170,11 +170,11 @@ class HttpApi:
 
     # operations --------------------------------------------------------------------
 
-    @http("GET", "/health")
+    @http("GET", "/health", ops=True)
     def http_health(self, request):
         return {"status": "ok", "service": self.name}
 
-    @http("GET", "/ready")
+    @http("GET", "/ready", ops=True)
     def http_ready(self, request):
         """200 only if this instance can do its work now: broker, database, inventory."""
         timeout = float(self.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
@@ -205,7 +205,7 @@ class HttpApi:
         except Exception as exc:  # ServiceUnavailable, or inventory failing
             return "no answer: {}".format(getattr(exc, "message", type(exc).__name__))
 
-    @http("GET", "/openapi.json")
+    @http("GET", "/openapi.json", ops=True)
     def http_openapi(self, request):
         return json_response(200, openapi_document(self.config))
 
