@@ -122,5 +122,5 @@ def test_waiting_for_the_write_lock_does_not_freeze_the_process(tmp_path):
         engine.dispose()
     assert written_at >= released_at  # the writer got the lock once the holder let go
     during = [t for t in ticks if t < released_at]
-    # the ticker ran all through the hold (about 50 ticks; a frozen process gives a handful)
-    assert len(during) >= 10, len(during)
+    # the ticker ran through the hold (about 50 ticks; a frozen process gives one or two)
+    assert len(during) >= 5, len(during)
