@@ -14,6 +14,7 @@ import sys
 from kombu import Connection, Queue
 
 from .consumers import ATTEMPT_HEADER, dead_letter_queue_name
+from .errors import InvalidInput
 from .rpc import rpc
 
 ERROR_HEADERS = ("x-original-queue", "x-error-type", "x-error-message", "x-attempts", "x-dead-lettered-at")
@@ -88,13 +89,24 @@ def replay_dead_letters(amqp_uri, service_name, limit=None):
 class DeadLetterRpc:
     """RPC methods every service offers on its own dead-letter queue."""
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def list_dead_letters(self, limit=100):
-        return list_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return list_dead_letters(self.config["AMQP_URI"], self.name, _limit(limit))
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def replay_dead_letters(self, limit=None):
-        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return replay_dead_letters(self.config["AMQP_URI"], self.name, None if limit is None else _limit(limit))
+
+
+MAX_LIMIT = 100_000
+
+
+def _limit(limit):
+    """A count from an RPC caller: a whole number from 1 to MAX_LIMIT, or InvalidInput."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput("limit must be a whole number from 1 to {}.".format(MAX_LIMIT),
+                           details={"limit": ["Must be from 1 to {}.".format(MAX_LIMIT)]})
+    return limit
 
 
 def main(argv=None):
