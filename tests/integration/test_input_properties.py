@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import example as hypothesis_example
 from hypothesis import strategies as st
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from sqlalchemy import text
@@ -36,7 +37,7 @@ from services.common.rpc import Rpc
 from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
 
-EXAMPLES = 30
+EXAMPLES = 40
 ADMIN_TOKEN = "property-token"
 CLIENT_ERRORS = (InvalidInput, NotFound, Conflict)
 # routes whose 503 is an answer, not a failure
@@ -75,26 +76,59 @@ moments = st.one_of(st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23
 cursors = st.one_of(st.builds(forged_cursor, moments, st.one_of(strings, json_values)), strings)
 
 
+TEXT_TRAPS = ["NL-1\n", "a\x00b", "\ud800", "x\udfff", "\U0001F600", "\x7f", "", "A" * 300, 5, None, ["P-1"]]
+NUMBER_TRAPS = [0, -1, 2 ** 31 - 1, 2 ** 31, 2 ** 63, -2 ** 63 - 1, 10 ** 30, 1.5, "1", True, None, "\x00"]
+EMAIL_TRAPS = ["Bob.Case@Example.COM", "ann@bücher.example", "jürgen@example.com", "a\x00@example.com",
+               "\ud800@example.com", "ann@example.com\n", "ann@-x.example", "@", "a@" + "b" * 300, 5, None]
+CURSOR_TRAPS = [forged_cursor("0001-01-01T00:00:00+01:00", "x"), forged_cursor("9999-12-31T23:59:59-01:00", "x"),
+                forged_cursor("2026-01-01T00:00:00+00:00", "a\x00b"), forged_cursor("2026-01-01T00:00:00", "x"),
+                forged_cursor(1, 2), "!!", "A" * 5000, "\x00"]
+# a valid value and the traps for each field (or parameter) a client can send
+FIELDS = {
+    "customer_email": ("ann@example.com", EMAIL_TRAPS), "recipient": ("ann@example.com", EMAIL_TRAPS),
+    "lines": ([{"sku": "P-1", "quantity": 1}],
+              [[], [{"sku": "P-1", "quantity": 2 ** 31}], [{"sku": "NL-1\n", "quantity": 1}],
+               [{"sku": "\ud800", "quantity": 1}], [{"sku": "P-1", "quantity": 1}] * 2, "P-1", None]),
+    "sku": ("P-1", TEXT_TRAPS), "name": ("Pen", TEXT_TRAPS), "reason": ("a reason", TEXT_TRAPS),
+    "phone": ("+4930123456", TEXT_TRAPS), "device_token": ("token-1", TEXT_TRAPS),
+    "channel": ("email", TEXT_TRAPS), "order_id": (None, TEXT_TRAPS),  # the valid one is set per run
+    "quantity": (1, NUMBER_TRAPS), "price": (100, NUMBER_TRAPS), "stock": (5, NUMBER_TRAPS),
+    "limit": (5, NUMBER_TRAPS), "notification_id": (1, NUMBER_TRAPS), "active": (True, NUMBER_TRAPS),
+    "status": ("confirmed", TEXT_TRAPS), "channels": (["email"], [[], ["email", "email"], ["\x00"], "email"]),
+    "cursor": (None, CURSOR_TRAPS),
+}
+
+
+def valid(name, good):
+    if name == "order_id":
+        return good[1]
+    return FIELDS[name][0] if name in FIELDS else good[0]
+
+
+def sweep(name, good):
+    """The explicit examples for one field: each of its traps (valid values elsewhere)."""
+    return FIELDS[name][1] if name in FIELDS else TEXT_TRAPS + NUMBER_TRAPS
+
+
 def field_values(good):
-    """Per field a client can send: near misses of valid values (where bugs hide) or anything at all."""
+    """Per field: valid half the time (so that a bad neighbour is reached), else a trap or anything."""
     anything = values(good)
-    text_like = st.one_of(st.sampled_from(["Pen", "P-1", "NL-1\n", "a\x00b", "\ud800", "\U0001F600"]), strings,
-                          anything)
-    emails = st.one_of(st.sampled_from(["ann@example.com", "Bob.Case@Example.COM", "ann@bücher.example",
-                                        "jürgen@example.com", "a\x00@example.com", "\ud800@example.com",
-                                        "ann@example.com\n"]),
-                       st.builds("{}@{}".format, strings, strings), anything)
-    numbers = st.one_of(integers, anything)
-    line = st.fixed_dictionaries({}, optional={"sku": text_like, "quantity": numbers})
-    return {
-        "customer_email": emails, "lines": st.one_of(st.lists(line, min_size=1, max_size=3), anything),
-        "sku": text_like, "name": text_like, "reason": text_like, "quantity": numbers, "price": numbers,
-        "stock": numbers, "limit": numbers, "active": st.one_of(st.booleans(), anything),
-        "status": st.one_of(st.sampled_from(["pending", "confirmed", "queued"]), anything),
-        "cursor": cursors, "recipient": emails, "notification_id": numbers, "phone": text_like,
-        "device_token": text_like, "channels": st.one_of(st.lists(text_like, max_size=3), anything),
-        "channel": text_like, "order_id": text_like,
-    }
+    strategies = {}
+    for name, (_, traps) in FIELDS.items():
+        ok = st.just(valid(name, good))
+        strategies[name] = st.one_of(ok, ok, st.sampled_from(traps), anything)
+    strategies["cursor"] = st.one_of(cursors, st.sampled_from(CURSOR_TRAPS))
+    return strategies
+
+
+# the JSON fields each route reads (others get arbitrary objects only)
+ROUTE_FIELDS = {
+    ("POST", "/orders"): ["customer_email", "lines"],
+    ("POST", "/products"): ["sku", "name", "price", "stock"],
+    ("PATCH", "/products/<string:sku>"): ["name", "price", "active"],
+    ("POST", "/products/<string:sku>/restock"): ["quantity"],
+    ("POST", "/orders/<string:order_id>/cancel"): ["reason"],
+}
 
 
 def values(good):
@@ -102,9 +136,12 @@ def values(good):
     return st.one_of(json_values, st.sampled_from(good))
 
 
-def shaped(good):
-    """A JSON object with the fields the routes know (values near valid, or of any kind), or anything."""
-    return st.one_of(st.fixed_dictionaries({}, optional=field_values(good)),
+def shaped(good, fields):
+    """A JSON object with the route's fields (all of them, or some), or anything."""
+    known = field_values(good)
+    return st.one_of(st.fixed_dictionaries({name: known[name] for name in fields}),
+                     st.fixed_dictionaries({name: known[name] for name in fields}),
+                     st.fixed_dictionaries({}, optional={name: known[name] for name in fields}),
                      st.dictionaries(strings, values(good), max_size=3), json_values)
 
 
@@ -159,13 +196,23 @@ def entrypoints(kind):
                     yield service, name, method, entrypoint
 
 
-def run(examples, strategy, check):
+def run(examples, strategy, check, explicit=()):
+    """``check`` on each ``explicit`` example (a sweep of every field's traps), then on ``examples`` drawn ones."""
+    # no shrinking: each example is a real request, and a failure is reported as found
     @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+              phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
     @given(strategy)
     def property_holds(example):
         check(example)
+    for case in explicit:
+        property_holds = hypothesis_example(case)(property_holds)
     property_holds()
+
+
+def with_trap(base, part, name, trap):
+    case = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    case[part] = dict(case[part] or {}, **{name: trap})
+    return case
 
 
 # HTTP -------------------------------------------------------------------------------
@@ -175,18 +222,20 @@ def test_no_http_input_gets_a_5xx_or_stores_anything_when_refused(system):
     config, order_id, engines = system
     good = ["P-1", order_id, "ann@example.com", 1, 5, "confirmed", "a reason", True, 100]
     base = "http://{}".format(config["WEB_SERVER_ADDRESS"])
+    path_values = {"order_id": order_id, "sku": "P-1"}
     routes = [(entrypoint.method, entrypoint.url) for _, _, _, entrypoint in entrypoints(JsonHttpHandler)]
     assert len(routes) >= 13, routes
 
     for method, rule in routes:
         path_params = re.findall(r"<(?:\w+:)?(\w+)>", rule)
         request = st.fixed_dictionaries({
-            "path": st.fixed_dictionaries({name: st.one_of(field_values(good)["sku"], values(good))
+            "path": st.fixed_dictionaries({name: st.one_of(st.just(path_values[name]), st.just(path_values[name]),
+                                                           field_values(good)[name])
                                            for name in path_params}),
             "query": st.one_of(st.fixed_dictionaries({}, optional={
                 key: field_values(good)[key] for key in ("status", "customer_email", "limit", "cursor")}),
                 st.dictionaries(strings, values(good), max_size=2)),
-            "body": shaped(good) if method in ("POST", "PATCH") else st.none(),
+            "body": shaped(good, ROUTE_FIELDS.get((method, rule), [])) if method in ("POST", "PATCH") else st.none(),
             "headers": st.dictionaries(st.sampled_from(["Idempotency-Key", "X-Request-ID"]), header_values,
                                        max_size=2),
         })
@@ -212,7 +261,21 @@ def test_no_http_input_gets_a_5xx_or_stores_anything_when_refused(system):
                 if before is not None:
                     assert snapshot(engines) == before, "refused, yet something was stored: " + where
 
-        run(EXAMPLES, request, check)
+        fields = ROUTE_FIELDS.get((method, rule), [])
+        valid_case = {"path": {name: path_values[name] for name in path_params}, "query": {},
+                "body": {name: valid(name, good) for name in fields} if method in ("POST", "PATCH") else None,
+                "headers": {}}
+        explicit = [valid_case]
+        for name in path_params:
+            explicit += [with_trap(valid_case, "path", name, trap) for trap in sweep(name, good)]
+        for name in fields:
+            explicit += [with_trap(valid_case, "body", name, trap) for trap in sweep(name, good)]
+        if (method, rule) == ("GET", "/orders"):
+            for name in ("status", "customer_email", "limit", "cursor"):
+                explicit += [with_trap(valid_case, "query", name, trap) for trap in sweep(name, good)]
+        if (method, rule) == ("POST", "/orders"):
+            explicit += [with_trap(valid_case, "headers", "Idempotency-Key", trap) for trap in ["k\x00", "x" * 300, "a b"]]
+        run(EXAMPLES, request, check, explicit)
 
 
 # RPC --------------------------------------------------------------------------------
@@ -252,5 +315,20 @@ def test_no_rpc_input_gets_an_untyped_error_or_stores_anything_when_refused(syst
             except Exception as exc:  # RemoteError (untyped), InternalError, ServiceUnavailable...
                 raise AssertionError("{} raised {}: {}".format(where, type(exc).__name__, exc)) from None
 
+        base = {}
+        for parameter in parameters:
+            if parameter.kind == parameter.VAR_KEYWORD:
+                base["**"] = {"name": "Pen"}
+            elif parameter.default is parameter.empty:
+                base[parameter.name] = valid(parameter.name, good)
+            else:
+                base[parameter.name] = inspect.Parameter.empty
+        explicit = [base]
+        for parameter in parameters:
+            if parameter.kind == parameter.VAR_KEYWORD:
+                explicit += [dict(base, **{"**": {key: trap}}) for key in ("name", "price", "active")
+                             for trap in sweep(key, good)]
+            else:
+                explicit += [dict(base, **{parameter.name: trap}) for trap in sweep(parameter.name, good)]
         examples = EXAMPLES if parameters else 2
-        run(examples, st.fixed_dictionaries(arguments), check)
+        run(examples, st.fixed_dictionaries(arguments), check, explicit)
