@@ -158,6 +158,7 @@ class Email(fields.String):
 
     def __init__(self, **kwargs):
         kwargs.setdefault("metadata", {}).setdefault("format", "email")
+        kwargs.setdefault("validate", validate.Length(max=MAX_EMAIL))  # checked again; published as maxLength
         super().__init__(**kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
