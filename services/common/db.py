@@ -22,8 +22,8 @@ committed in between. With ``BEGIN IMMEDIATE`` a transaction holds the
 write lock from its start, so it sees every committed change before it
 decides. SQLite's busy handler sleeps inside the C library, which under
 eventlet blocks the whole process (the greenthread holding the lock
-included); so the busy timeout is short, and waiting for the lock happens
-in ``_begin_immediate``'s loop, which yields to other greenthreads between
+included); so it is off, and waiting for the lock happens in
+``_begin_immediate``'s loop, which yields to other greenthreads between
 tries.
 """
 import logging
@@ -47,10 +47,14 @@ DB_URIS_KEY = "DB_URIS"
 CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints of the WAL
 _threading = patcher.original("threading")
 _checkpointed = {}  # SQLite file -> the WalCheckpointer running for it in this process
-# How long SQLite's own busy handler may block the whole process (ms), and how
-# long a transaction waits in all for the write lock, yielding between tries.
-SQLITE_BUSY_TIMEOUT_MS = 20
+# SQLite's own busy handler sleeps inside the C library, blocking the whole
+# process (the greenthread holding the lock included): it is off. A
+# transaction waits for the write lock in _begin_immediate instead, up to
+# SQLITE_LOCK_WAIT seconds, yielding between tries. Inside a transaction that
+# holds the write lock, WAL mode has nothing else to wait for.
+SQLITE_BUSY_TIMEOUT_MS = 0
 SQLITE_LOCK_WAIT = 30.0
+SQLITE_RETRY_FIRST, SQLITE_RETRY_MAX = 0.0005, 0.01  # seconds between tries
 
 
 def engine_options(uri, max_workers=10):
@@ -89,7 +93,7 @@ def make_engine(uri, max_workers=10):
 def _begin_immediate(connection):
     """Start the transaction holding SQLite's write lock; wait for it without freezing the process."""
     deadline = time.monotonic() + SQLITE_LOCK_WAIT
-    delay = 0.002
+    delay = SQLITE_RETRY_FIRST
     dbapi_connection = connection.connection.dbapi_connection
     while True:
         try:
@@ -102,7 +106,7 @@ def _begin_immediate(connection):
                 # SQLAlchemy's type, so callers treat it as "busy" (503, retry) like any lock timeout
                 raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         eventlet.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, SQLITE_RETRY_MAX)
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
