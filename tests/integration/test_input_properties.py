@@ -14,7 +14,7 @@ this file. On SQLite and PostgreSQL it asserts:
 - a refused write stored nothing.
 
 Bounded: ``EXAMPLES`` per target, ``derandomize=True`` (the same examples on
-every run, so a failure reproduces). About 20-40 s per backend here.
+every run, so a failure reproduces); shrinking is off. About 20-25 s per backend here.
 """
 import base64
 import inspect
@@ -38,6 +38,8 @@ from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
 
 EXAMPLES = 40
+# about 7-17 s per test here (HTTP ~8 s, RPC 11-17 s per backend)
+pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "property-token"
 CLIENT_ERRORS = (InvalidInput, NotFound, Conflict)
 # routes whose 503 is an answer, not a failure
