@@ -81,8 +81,9 @@ class SmtpSink:
     """An SMTP server in a child process on a fixed loopback port."""
 
     def __init__(self, directory, port, delay=0.0, refuse=None, mode="none", cert=None, key=None,
-                 login=None):
+                 login=None, smtputf8=False):
         self.port = port
+        self.smtputf8 = smtputf8
         self.delay = delay
         self.refuse = refuse
         self.mode = mode
@@ -102,6 +103,8 @@ class SmtpSink:
             command += ["--cert", self.cert, "--key", self.key]
         if self.login:
             command += ["--login", ":".join(self.login)]
+        if self.smtputf8:
+            command += ["--smtputf8"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, PYTHONPATH=ROOT))
@@ -234,6 +237,7 @@ def _serve_smtp(args):
             kwargs.update(tls_context=context, require_starttls=True)
     if args.login:
         kwargs.update(authenticator=authenticator, auth_required=True)
+    kwargs["enable_SMTPUTF8"] = args.smtputf8  # offered only when asked: a relay without it is the default
     controller = Controller(Handler(), hostname="127.0.0.1", port=args.port, ready_timeout=10, **kwargs)
     if args.mode == "tls":
         # the controller's own readiness probe speaks plain SMTP; skip it
@@ -259,6 +263,7 @@ def main(argv=None):
     smtp.add_argument("--cert")
     smtp.add_argument("--key")
     smtp.add_argument("--login", help="user:password required by AUTH")
+    smtp.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8")
     args = parser.parse_args(argv)
     _serve_smtp(args)
 

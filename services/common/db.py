@@ -12,15 +12,31 @@ the database file and fsyncs, inside that commit, and under eventlet the
 whole process waits (15-30 ms here, every hundred or so commits). A
 service's database runs a ``WalCheckpointer`` in a real OS thread instead,
 and its connections no longer checkpoint on commit.
+
+SQLite transactions begin with ``BEGIN IMMEDIATE`` (SQLAlchemy's documented
+pysqlite recipe: the driver's own transaction handling is switched off and
+the ``begin`` event emits the statement). Left to itself, pysqlite starts a
+transaction only at the first write, so a read-then-write (``SELECT ... FOR
+UPDATE`` is a no-op on SQLite) could be overwritten by another process that
+committed in between. With ``BEGIN IMMEDIATE`` a transaction holds the
+write lock from its start, so it sees every committed change before it
+decides. SQLite's busy handler sleeps inside the C library, which under
+eventlet blocks the whole process (the greenthread holding the lock
+included); so it is off, and waiting for the lock happens in
+``_begin_immediate``'s loop, which yields to other greenthreads between
+tries.
 """
 import logging
 import os
 import re
 import sqlite3
+import time
 
+import eventlet
 from eventlet import patcher
 from nameko_sqlalchemy import Database
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 from nameko_sqlalchemy.database import Session
@@ -31,11 +47,19 @@ DB_URIS_KEY = "DB_URIS"
 CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints of the WAL
 _threading = patcher.original("threading")
 _checkpointed = {}  # SQLite file -> the WalCheckpointer running for it in this process
+# SQLite's own busy handler sleeps inside the C library, blocking the whole
+# process (the greenthread holding the lock included): it is off. A
+# transaction waits for the write lock in _begin_immediate instead, up to
+# SQLITE_LOCK_WAIT seconds, yielding between tries. Inside a transaction that
+# holds the write lock, WAL mode has nothing else to wait for.
+SQLITE_BUSY_TIMEOUT_MS = 0
+SQLITE_LOCK_WAIT = 30.0
+SQLITE_RETRY_FIRST, SQLITE_RETRY_MAX = 0.0005, 0.01  # seconds between tries
 
 
 def engine_options(uri, max_workers=10):
     if uri.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
     return {
         "pool_size": max_workers + 2,
         "max_overflow": max_workers,
@@ -62,14 +86,36 @@ def make_engine(uri, max_workers=10):
     engine = create_engine(uri, **engine_options(uri, max_workers))
     if uri.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
     return engine
 
 
+def _begin_immediate(connection):
+    """Start the transaction holding SQLite's write lock; wait for it without freezing the process."""
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT
+    delay = SQLITE_RETRY_FIRST
+    dbapi_connection = connection.connection.dbapi_connection
+    while True:
+        try:
+            dbapi_connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                # SQLAlchemy's type, so callers treat it as "busy" (503, retry) like any lock timeout
+                raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+        eventlet.sleep(delay)
+        delay = min(delay * 2, SQLITE_RETRY_MAX)
+
+
 def _sqlite_pragmas(dbapi_connection, _record):
+    # the driver starts no transactions of its own: _begin_immediate does
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA busy_timeout={}".format(SQLITE_BUSY_TIMEOUT_MS))
     cursor.execute("PRAGMA foreign_keys=ON")
     path = _database_file(dbapi_connection)
     if path is not None and path in _checkpointed:

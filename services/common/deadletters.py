@@ -113,21 +113,31 @@ def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
 class DeadLetterRpc:
     """RPC methods every service offers on its own dead-letter queue."""
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def list_dead_letters(self, limit=100):
-        return list_dead_letters(self.config["AMQP_URI"], self.name, limit, config=self.config)
+        return list_dead_letters(self.config["AMQP_URI"], self.name, _limit(limit), config=self.config)
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def replay_dead_letters(self, limit=None):
-        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit, config=self.config)
+        return replay_dead_letters(self.config["AMQP_URI"], self.name,
+                                   None if limit is None else _limit(limit), config=self.config)
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def list_waiting_events(self, limit=100):
         """Outbox events not yet received by any queue (unsent, or unroutable and retried)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InvalidInput("The request is not valid.", details={"limit": ["Must be an integer from 1 to 1000."]})
         outbox = getattr(self, "outbox", None)
-        return outbox.waiting(limit) if outbox is not None else []
+        return outbox.waiting(_limit(limit, 1000)) if outbox is not None else []
+
+
+MAX_LIMIT = 100_000
+
+
+def _limit(limit, most=MAX_LIMIT):
+    """A count from an RPC caller: a whole number from 1 to ``most``, or InvalidInput."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise InvalidInput("limit must be a whole number from 1 to {}.".format(most),
+                           details={"limit": ["Must be from 1 to {}.".format(most)]})
+    return limit
 
 
 def main(argv=None):

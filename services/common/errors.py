@@ -52,6 +52,19 @@ class ServiceUnavailable(ServiceError):
     code = "service_unavailable"
 
 
+@deserialize_to_instance
+class InternalError(ServiceError):
+    """What an RPC caller gets for a failure the service did not expect.
+
+    Only the exception's type travels; its text (SQL, driver messages,
+    values) stays in the service's log. Over HTTP it is a 502: the failure
+    was in a service the request needed.
+    """
+
+    status = 502
+    code = "upstream_error"
+
+
 def validation_error(exc, message="The request is not valid."):
     """Turn a marshmallow ValidationError into InvalidInput naming each field."""
     details = exc.messages

@@ -262,7 +262,7 @@ class JsonWsgiApp(WsgiApp):
 
     def __call__(self, environ, start_response):
         request_id = environ.get("HTTP_X_REQUEST_ID", "")
-        if not _REQUEST_ID.match(request_id):
+        if not _REQUEST_ID.fullmatch(request_id):  # match() with $ takes a trailing newline
             request_id = new_correlation_id()
         environ[ENVIRON_KEY] = request_id
         cors_headers = self.cors.headers(environ.get("HTTP_ORIGIN", ""))
@@ -485,6 +485,13 @@ class JsonHttpHandler(HttpRequestHandler):
             slots.release()
 
     def response_from_result(self, result):
+        """The handler's result as a response; this runs after its commit, so it cannot fail.
+
+        Every input was validated before anything was written, so a header
+        werkzeug refuses (a newline in a Location) is a bug; it is logged and
+        the header left out, rather than answering 500 for a change that was
+        made.
+        """
         if isinstance(result, Response):
             return result
         headers = None
@@ -493,7 +500,13 @@ class JsonHttpHandler(HttpRequestHandler):
             headers = rest[0] if rest else None
         else:
             status, body = 200, result
-        return json_response(status, body, headers)
+        response = json_response(status, body)
+        for name, value in (headers or {}).items():
+            try:
+                response.headers[name] = value
+            except (ValueError, TypeError) as exc:
+                log.error("response header %s left out: %s", name, exc)
+        return response
 
     def response_from_exception(self, exc):
         response, complain = self._answer(exc)

@@ -17,7 +17,7 @@ from nameko.rpc import RPC_QUEUE_TEMPLATE, ReplyListener, RpcConsumer, RpcProxy,
 from nameko.rpc import Rpc as NamekoRpc
 
 from .consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
-from .errors import ServiceUnavailable
+from .errors import InternalError, ServiceError, ServiceUnavailable, is_unavailable
 
 
 class SafeAckRpcConsumer(RpcConsumer):
@@ -41,6 +41,30 @@ class Rpc(NamekoRpc):
     def unpack_message_headers(self, message):
         # a forged nameko.call_id_stack would otherwise kill the service
         return safe_context_data(super().unpack_message_headers(message))
+
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        """Reply with a typed error only: no SQL or driver text reaches a caller.
+
+        A ``ServiceError`` is the method's answer and goes as it is. Anything
+        else is a failure the method did not expect (logged with its
+        traceback by nameko's container): the caller gets
+        ``ServiceUnavailable`` for a database that is down or busy, and
+        ``InternalError`` naming only the exception's type otherwise.
+        ``handle_result`` is nameko's own hook for the reply; there is no
+        public one for rewriting an error.
+        """
+        if exc_info is not None and not isinstance(exc_info[1], ServiceError):
+            exc = exc_info[1]
+            if is_unavailable(exc):
+                replacement = ServiceUnavailable(
+                    "The {} service's database is unavailable; try again shortly.".format(
+                        self.container.service_name), details={"reason": type(exc).__name__})
+            else:
+                replacement = InternalError(
+                    "The {} service failed: {}.".format(self.container.service_name, type(exc).__name__),
+                    details={"reason": type(exc).__name__})
+            exc_info = (type(replacement), replacement, exc_info[2])
+        return super().handle_result(message, worker_ctx, result, exc_info)
 
 
 rpc = Rpc.decorator

@@ -1,31 +1,36 @@
-"""What inventory accepts over RPC and what its events carry."""
+"""What inventory accepts over RPC and what its events carry.
+
+The limits are the ones orders' HTTP API applies (``services.common.validation``),
+so a value refused over HTTP is refused over RPC, before anything is written.
+"""
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
-SKU = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                      error="Use 1-64 letters, digits, '.', '_' or '-'.")
+from services.common.validation import (
+    MAX_NAME, MAX_PRICE, MAX_RESTOCK, MAX_STOCK, SKU, SafeString, StrictBoolean, Text,
+)
 
 
 class NewProductSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    sku = fields.String(required=True, validate=SKU)
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    price = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0))
+    sku = SafeString(required=True, validate=SKU)
+    name = Text(MAX_NAME, required=True)
+    price = fields.Integer(required=True, strict=True, validate=validate.Range(0, MAX_PRICE))
+    stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(0, MAX_STOCK))
 
 
 class ProductChangesSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(validate=validate.Length(1, 200))
-    price = fields.Integer(strict=True, validate=validate.Range(min=0))
-    active = fields.Boolean()
+    name = Text(MAX_NAME)
+    price = fields.Integer(strict=True, validate=validate.Range(0, MAX_PRICE))
+    active = StrictBoolean()
 
 
 class QuantitySchema(Schema):
-    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_RESTOCK))
 
 
 class ProductSchema(Schema):

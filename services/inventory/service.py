@@ -21,6 +21,7 @@ from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.validation import MAX_ORDER_ID, MAX_STOCK, is_sku, storable
 
 from . import domain
 from .models import InventoryBase, OutboxMessage, ProcessedEvent, Product, Reservation
@@ -90,6 +91,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def update_product(self, sku, **changes):
         """Change name, price or active; orders learns of it by event."""
+        sku = _known_sku(sku)
         data = load_input(ProductChangesSchema(), changes)
         with self.db.get_session() as session:
             product = self._product(session, sku, for_update=True)
@@ -102,6 +104,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
 
     @rpc(expected_exceptions=NotFound)
     def get_product(self, sku):
+        sku = _known_sku(sku)
         with self.db.get_session() as session:
             return product_schema.dump(self._product(session, sku))
 
@@ -113,19 +116,27 @@ class InventoryService(DeadLetterRpc, InboxRetention):
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def restock(self, sku, quantity):
+        """Add ``quantity`` to the stock on hand, which stays within MAX_STOCK (a typed error otherwise)."""
+        sku = _known_sku(sku)
         quantity = load_input(QuantitySchema(), {"quantity": quantity})["quantity"]
         with self.db.get_session() as session:
             self._product(session, sku)
-            session.execute(
-                update(Product).where(Product.sku == sku)
+            # the sum is checked in the same statement that makes it, so two
+            # restocks racing cannot together pass the column's range
+            added = session.execute(
+                update(Product).where(Product.sku == sku, Product.on_hand <= MAX_STOCK - quantity)
                 .values(on_hand=Product.on_hand + quantity, updated_at=utcnow())
-            )
+            ).rowcount
+            if not added:
+                raise InvalidInput("Stock on hand would pass {}.".format(MAX_STOCK), details={
+                    "quantity": ["On hand plus this quantity may be at most {}.".format(MAX_STOCK)]})
             session.flush()
             session.expire_all()
             return product_schema.dump(self._product(session, sku))
 
     @rpc(expected_exceptions=NotFound)
     def get_stock(self, sku):
+        sku = _known_sku(sku)
         with self.db.get_session() as session:
             product = self._product(session, sku)
             return {"sku": product.sku, "on_hand": product.on_hand,
@@ -140,8 +151,10 @@ class InventoryService(DeadLetterRpc, InboxRetention):
                 self._product_changed(session, product)
             return len(products)
 
-    @rpc
+    @rpc(expected_exceptions=InvalidInput)
     def get_reservation(self, order_id):
+        if not isinstance(order_id, str) or len(order_id) > MAX_ORDER_ID or not storable(order_id):
+            raise InvalidInput("Not an order id.", details={"order_id": ["Not an order id."]})
         with self.db.get_session() as session:
             reservation = session.get(Reservation, order_id)
             if reservation is None:
@@ -257,6 +270,13 @@ class InventoryService(DeadLetterRpc, InboxRetention):
             found = [domain.Shortfall(failed_sku, domain.INSUFFICIENT_STOCK,
                                       requested[failed_sku], available.get(failed_sku) or 0)]
         return [shortfall.to_dict() for shortfall in found]
+
+
+def _known_sku(sku):
+    """What cannot be a sku is not looked up: NotFound, as over HTTP."""
+    if not is_sku(sku):
+        raise NotFound("No product with sku {!r}.".format(sku)[:120], details={"sku": ["Not a valid sku."]})
+    return sku
 
 
 def _as_lines(quantities):

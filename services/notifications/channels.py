@@ -15,6 +15,8 @@ from email.utils import formatdate, make_msgid, parseaddr
 
 import requests
 
+from services.common.validation import smtp_address
+
 from . import domain
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,10 @@ class SmtpChannel:
     def _tls_context(self):
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def compose(self, outgoing):
+    def compose(self, outgoing, to=None):
         message = EmailMessage()
         message["From"] = self.mail_from
-        message["To"] = outgoing.address
+        message["To"] = to or outgoing.address
         message["Subject"] = outgoing.subject
         message["Date"] = formatdate(localtime=False)
         # a domain is given so that make_msgid does not look up the host name
@@ -88,7 +90,15 @@ class SmtpChannel:
         return message
 
     def send(self, outgoing):
-        message = self.compose(outgoing)
+        """Deliver over SMTP: the domain in IDNA, SMTPUTF8 only when needed and offered.
+
+        Orders accepts an internationalised domain (``ann@bücher.example``),
+        which goes as ``ann@xn--bcher-kva.example`` to any relay. A part
+        before the @ that is not ASCII (refused at placement since, possible
+        in older orders) needs SMTPUTF8; a relay without it can never take
+        the message, so that is a permanent failure with a clear reason.
+        """
+        local_ascii = outgoing.address.rpartition("@")[0].isascii()
         try:
             if self.security == "tls":
                 client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
@@ -102,7 +112,16 @@ class SmtpChannel:
                     client.ehlo()
                 if self.username:
                     client.login(self.username, self.password)
-                client.send_message(message, from_addr=self.envelope_from, to_addrs=[outgoing.address])
+                if local_ascii:
+                    recipient = smtp_address(outgoing.address)
+                elif client.has_extn("smtputf8"):
+                    recipient = outgoing.address  # send_message asks for SMTPUTF8 itself
+                else:
+                    raise domain.PermanentFailure(
+                        "the address's part before the @ is not ASCII and the SMTP server "
+                        "does not offer SMTPUTF8")
+                message = self.compose(outgoing, to=recipient)
+                client.send_message(message, from_addr=self.envelope_from, to_addrs=[recipient])
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             raise domain.smtp_failure(code, _text(text)) from None

@@ -1,10 +1,11 @@
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from services.common.schema import UtcDateTime
+from services.common.validation import MAX_EMAIL, MAX_INT32, MAX_ORDER_ID, Email, FullMatch, Lowercase, SafeString
 
 from . import domain
 
-PHONE = validate.Regexp(r"^\+[1-9][0-9]{6,14}$",
+PHONE = FullMatch(r"^\+[1-9][0-9]{6,14}$",
                         error="Use the international format: '+', country code and number, digits only.")
 
 
@@ -32,7 +33,7 @@ class OrderEventSchema(_Event):
 
     id = fields.String(required=True)
     status = fields.String(required=True)
-    customer_email = fields.Email(required=True)
+    customer_email = fields.Email(required=True)  # orders sends it in normal form; older events as they were
     lines = fields.List(fields.Nested(OrderLineSchema), required=True)
     total = fields.Integer(required=True)
     reasons = fields.List(fields.Nested(ShortfallSchema), allow_none=True, load_default=None)
@@ -46,15 +47,16 @@ class OrderEventSchema(_Event):
 
 
 class ListNotificationsSchema(Schema):
-    order_id = fields.String(allow_none=True)
-    recipient = fields.String(allow_none=True)
+    order_id = SafeString(allow_none=True, validate=validate.Length(max=MAX_ORDER_ID))
+    recipient = Lowercase(allow_none=True, validate=validate.Length(max=MAX_EMAIL),
+                          metadata={"description": "An address, compared as orders stores it (lowercase)."})
     status = fields.String(allow_none=True, validate=validate.OneOf(domain.STATUSES))
     channel = fields.String(allow_none=True, validate=validate.OneOf(domain.CUSTOMER_CHANNELS + (domain.LOG,)))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
 class NotificationIdSchema(Schema):
-    notification_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    notification_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_INT32))
 
 
 class PreferencesSchema(Schema):
@@ -63,10 +65,10 @@ class PreferencesSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    customer_email = fields.Email(required=True, validate=validate.Length(max=254))
+    customer_email = Email(required=True)
     channels = fields.List(fields.String(validate=validate.OneOf(domain.CUSTOMER_CHANNELS)), required=True)
     phone = fields.String(allow_none=True, load_default=None, validate=PHONE)
-    device_token = fields.String(allow_none=True, load_default=None, validate=validate.Length(min=1, max=512))
+    device_token = SafeString(allow_none=True, load_default=None, validate=validate.Length(min=1, max=512))
 
     @validates_schema
     def addresses_for_channels(self, data, **kwargs):

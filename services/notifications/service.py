@@ -10,6 +10,7 @@ with no provider set up.
 """
 import logging
 
+from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import selectinload
@@ -25,6 +26,7 @@ from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.validation import normalise_email
 
 from . import domain
 from .models import Notification, NotificationsBase, Preference, ProcessedEvent
@@ -55,7 +57,15 @@ INSERT_NOTIFICATIONS = insert(_notifications).returning(_notifications.c.id, sor
 
 
 def _preference_key(email):
-    return email.strip().lower()
+    """Preferences are keyed by the address in its normal form, the one orders stores.
+
+    Events from before that rule may carry another case: normalised here too
+    (an address that no longer passes is used as it came, lowercased).
+    """
+    try:
+        return normalise_email(email.strip())
+    except ValidationError:
+        return email.strip().lower()
 
 
 class NotificationsService(DeadLetterRpc, InboxRetention):

@@ -7,7 +7,7 @@ client controls is validated by a schema from ``schemas.py``, the same one the
 OpenAPI document (``openapi.py``) is generated from.
 """
 import hmac
-import uuid
+from urllib.parse import quote
 
 import eventlet
 from kombu import Connection
@@ -18,6 +18,7 @@ from services.common.http import (
     Forbidden, Unauthorized, http, json_response, read_headers, read_json, read_query,
 )
 from services.common.rpc import TimedRpcProxy
+from services.common.validation import order_id_or_none
 
 from .openapi import openapi_document
 from .schemas import (
@@ -57,14 +58,6 @@ def check_broker(amqp_uri, timeout):
         return "unreachable: {}".format(type(exc).__name__)
 
 
-def _valid_order_id(order_id):
-    """Ids are UUIDs: anything else cannot name an order, so it is a 404 without a query."""
-    try:
-        return str(uuid.UUID(order_id)) == order_id.lower()
-    except ValueError:
-        return False
-
-
 class HttpApi:
     # orders ---------------------------------------------------------------------
 
@@ -78,7 +71,7 @@ class HttpApi:
             status, order, replayed = 202, self.place_order(body), False
         else:
             status, order, replayed = self.place_order_once(body, key)
-        response_headers = {"Location": "/orders/{}".format(order["id"])}
+        response_headers = {"Location": "/orders/{}".format(quote(str(order["id"]), safe=""))}
         if key is not None:
             response_headers["Idempotent-Replayed"] = "true" if replayed else "false"
         return status, order, response_headers
@@ -101,9 +94,11 @@ class HttpApi:
 
     @staticmethod
     def _known_order_id(order_id):
-        if not _valid_order_id(order_id):
-            raise NotFound("No order with id {}.".format(order_id), details={"order_id": ["Not an order id."]})
-        return order_id.lower()
+        """Ids are UUIDs: anything else cannot name an order, so it is a 404 without a query."""
+        known = order_id_or_none(order_id)
+        if known is None:
+            raise NotFound("No order with id {}.".format(order_id[:80]), details={"order_id": ["Not an order id."]})
+        return known
 
     # catalogue --------------------------------------------------------------------
 
@@ -124,7 +119,9 @@ class HttpApi:
         data = read_json(request, NewProductSchema())
         product = product_schema.dump(
             self.inventory.create_product(data["sku"], data["name"], data["price"], data["stock"]))
-        return 201, product, {"Location": "/products/{}".format(product["sku"])}
+        # the sku was checked before anything was written; quoted all the same,
+        # so building this header cannot fail after the commit
+        return 201, product, {"Location": "/products/{}".format(quote(str(product["sku"]), safe=""))}
 
     @http("POST", "/products/<string:sku>/restock")
     def http_restock(self, request, sku):

@@ -7,52 +7,23 @@ import base64
 import binascii
 import functools
 import json
-import re
 from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from services.common.events import as_utc
 from services.common.schema import UtcDateTime
+from services.common.validation import (  # noqa: F401  (is_sku, Text: part of this module's API)
+    MAX_PRICE, MAX_RESTOCK, MAX_STOCK, SKU, SKU_PATTERN, Email, FullMatch, SafeString, StrictBoolean, Text,
+    is_sku, storable,
+)
 
 from . import domain
 
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-SKU = validate.Regexp(SKU_PATTERN, error="Use 1-64 letters, digits, '.', '_' or '-'.")
-_SKU = re.compile(SKU_PATTERN)
-
-# Money is integer cents. The caps keep every total within a 32-bit column:
-# MAX_PRICE x MAX_LINE_QUANTITY x MAX_ORDER_LINES is checked by the domain.
-MAX_PRICE = 100_000_000
-MAX_STOCK = 1_000_000_000
-MAX_RESTOCK = 1_000_000
 DEFAULT_PAGE_LIMIT = 20
 MAX_PAGE_LIMIT = 100
 MAX_CURSOR_LENGTH = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
-
-
-def is_sku(value):
-    return isinstance(value, str) and bool(_SKU.match(value))
-
-
-def _no_control_characters(value):
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValidationError("Control characters are not allowed.")
-
-
-def Text(max_length, **kwargs):
-    """Free text a person typed: 1..max_length characters, no control characters."""
-    return fields.String(validate=[validate.Length(1, max_length), _no_control_characters], **kwargs)
-
-
-class StrictBoolean(fields.Boolean):
-    """Only JSON ``true``/``false``: ``1`` or ``"yes"`` are refused, as the schema says."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise self.make_error("invalid", input=value)
-        return value
 
 
 class _Strict(Schema):
@@ -64,7 +35,7 @@ class _Strict(Schema):
 
 
 class _LineSchema(_Strict):
-    sku = fields.String(required=True, validate=SKU)
+    sku = SafeString(required=True, validate=SKU)
     quantity = fields.Integer(required=True, strict=True)
 
 
@@ -85,7 +56,7 @@ def place_order_schema(max_quantity=1000, max_lines=100):
                                   validate=validate.Range(min=1, max=max_quantity))
 
     class PlaceOrderSchema(_Strict):
-        customer_email = fields.Email(required=True, validate=validate.Length(max=254))
+        customer_email = Email(required=True)
         lines = fields.List(fields.Nested(LineSchema), required=True,
                             validate=validate.Length(min=1, max=max_lines),
                             metadata={"description": "Each sku at most once per order "
@@ -104,7 +75,7 @@ def place_order_schema(max_quantity=1000, max_lines=100):
 
 class IdempotencyHeaderSchema(_Strict):
     idempotency_key = fields.String(
-        data_key="Idempotency-Key", validate=validate.Regexp(
+        data_key="Idempotency-Key", validate=FullMatch(
             IDEMPOTENCY_KEY_PATTERN, error="Use 1-255 visible ASCII characters."),
         metadata={"description": "Makes a retried POST safe: the same key with the same body "
                                  "returns the first answer; with another body it is a 409."})
@@ -123,9 +94,12 @@ def decode_cursor(cursor):
         created_at = datetime.fromisoformat(created_at)
         if created_at.tzinfo is None or not isinstance(order_id, str) or len(order_id) > 36:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        if not storable(order_id):
+            raise ValueError
+        # near year 1 or 9999 a moment with an offset has no UTC equivalent (OverflowError)
+        return created_at.astimezone(timezone.utc), order_id
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise ValidationError("Not a cursor this API gave out.") from None
-    return created_at.astimezone(timezone.utc), order_id
 
 
 class Cursor(fields.String):
@@ -140,7 +114,7 @@ class Cursor(fields.String):
 
 class ListOrdersSchema(_Strict):
     status = fields.String(validate=validate.OneOf(domain.STATUSES))
-    customer_email = fields.Email(validate=validate.Length(max=254))
+    customer_email = Email()
     limit = fields.Integer(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT),
                            metadata={"description": "Orders per page (default {}, at most {})."
                                      .format(DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)})
@@ -154,7 +128,7 @@ class CancelOrderSchema(_Strict):
 
 
 class NewProductSchema(_Strict):
-    sku = fields.String(required=True, validate=SKU)
+    sku = SafeString(required=True, validate=SKU)
     name = Text(200, required=True)
     price = fields.Integer(required=True, strict=True, validate=validate.Range(0, MAX_PRICE),
                            metadata={"description": "Unit price in cents."})

@@ -28,6 +28,7 @@ from services.common.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.validation import order_id_or_none
 
 from . import domain
 from .api import HttpApi, ReadinessRpcProxy
@@ -42,6 +43,7 @@ from .models import (
     StatusChange,
 )
 from .schemas import (
+    CancelOrderSchema,
     ListOrdersSchema,
     OrderSchema,
     ProductChangedSchema,
@@ -57,6 +59,7 @@ DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
 IDEMPOTENCY_PURGE_INTERVAL = 300
 
 order_schema = OrderSchema()
+cancel_order_schema = CancelOrderSchema()
 
 # The statements every order runs, built once. Building a SELECT or UPDATE
 # and computing its cache key cost SQLAlchemy 3-4 times as much as running a
@@ -101,7 +104,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
 
     @rpc(expected_exceptions=NotFound)
     def get_order(self, order_id):
-        return self.read_order(order_id)
+        return self.read_order(_known_order_id(order_id))
 
     @rpc(expected_exceptions=InvalidInput)
     def list_orders(self, status=None, customer_email=None, limit=50):
@@ -110,9 +113,12 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
                  if value is not None}
         return self.find_orders(load_input(ListOrdersSchema(), query))["orders"]
 
-    @rpc(expected_exceptions=(NotFound, Conflict))
-    def cancel_order(self, order_id, reason="cancelled by request"):
-        return self.change_status(order_id, domain.CANCELLED, reason)
+    @rpc(expected_exceptions=(InvalidInput, NotFound, Conflict))
+    def cancel_order(self, order_id, reason=None):
+        """Cancel an order; ``reason`` obeys the same rules as over HTTP."""
+        order_id = _known_order_id(order_id)
+        data = load_input(cancel_order_schema, {} if reason is None else {"reason": reason})
+        return self.change_status(order_id, domain.CANCELLED, data["reason"])
 
     @rpc
     def sync_catalogue(self):
@@ -375,6 +381,17 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
         elif version > item.version:
             item.name, item.price = product["name"], product["price"]
             item.active, item.version = product.get("active", True), version
+
+
+def _known_order_id(order_id):
+    """The canonical order id, or NotFound: what cannot be an order id never reaches the database.
+
+    The same rule as the HTTP path parameter: a UUID, any case.
+    """
+    known = order_id_or_none(order_id)
+    if known is None:
+        raise NotFound("No order with id {!r}.".format(order_id)[:120], details={"order_id": ["Not an order id."]})
+    return known
 
 
 def _not_found(order_id):

@@ -164,21 +164,42 @@ def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_ever
     assert seen_masked  # the notification log names the customer, masked
 
 
+class Samples(dict):
+    """``{(sample name, labels): value}`` of one scrape, and the metric families it declared."""
+
+    families = frozenset()
+
+
 def scrape(url):
     response = requests.get(url, timeout=5)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain")
-    samples = {}
+    samples = Samples()
+    families = set()
     for family in text_string_to_metric_families(response.text):
+        families.add(family.name)
         for sample in family.samples:
             samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    samples.families = frozenset(families)
     return samples
 
 
-def value(samples, name, **labels):
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(found for (sample, sample_labels), found in samples.items()
-               if sample == name and set(labels.items()) <= set(sample_labels))
+def value(samples, name, unused=False, **labels):
+    """Sum of the samples of ``name`` whose labels include ``labels``.
+
+    A sample that is not there is a failure, not a 0: a renamed or lost
+    metric would otherwise pass every ``== 0``. Only with ``unused`` (a
+    labelled counter nothing has counted yet, which exports no sample) may
+    it be absent, and then its family must still be declared.
+    """
+    found = [found for (sample, sample_labels), found in samples.items()
+             if sample == name and set(labels.items()) <= set(sample_labels)]
+    if unused:
+        family = name[:-len("_total")] if name.endswith("_total") else name
+        assert family in samples.families or found, "metric {} is not exported".format(name)
+    else:
+        assert found, "no sample {}{} in the scrape".format(name, labels)
+    return sum(found)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the other tests here run on SQLite
@@ -190,7 +211,7 @@ def test_metrics_parse_and_move_when_orders_are_placed(observed):
     notifications_url = "http://127.0.0.1:{}/".format(system.metrics_ports["notifications"])
 
     before = scrape(orders_url)
-    assert value(before, "nameko_entrypoint_calls_total", entrypoint="http_place_order") == 0
+    assert value(before, "nameko_entrypoint_calls_total", unused=True, entrypoint="http_place_order") == 0
     assert value(before, "outbox_waiting", service="orders") == 0
     assert value(before, "dead_letters_waiting", queue="orders.dead-letters") == 0
 

@@ -120,9 +120,10 @@ def test_sigterm_lets_the_running_worker_finish_and_leaves_the_queue_for_the_nex
 
         first.send_signal(signal.SIGTERM)
         assert replies[0].result() == "a"  # the worker in flight finished and answered
-        code, took = exit_within(first, 10)
+        # within 10 s, less than its SHUTDOWN_TIMEOUT of 15: it did not wait for b and c
+        # (the naps below show that; no tighter wall-clock bound on a busy machine)
+        code, _ = exit_within(first, 10)
         assert code == 0
-        assert took < 5
         assert [nap[:2] for nap in service.naps()] == [("start", "a"), ("done", "a")]  # b, c untouched
 
         second = service.start()
@@ -139,8 +140,9 @@ def test_a_worker_that_outlives_the_shutdown_timeout_is_killed_and_its_message_r
         eventually(lambda: service.naps(), timeout=10, message="nap started")
 
         first.send_signal(signal.SIGTERM)
-        code, took = exit_within(first, 15)
-        assert took < 1 + 5 + 2  # the timeout, the kill grace, some slack
+        # the nap lasts 600 s: exiting within 15 s means the worker was killed after the
+        # 1 s SHUTDOWN_TIMEOUT (no tighter wall-clock bound on a busy machine)
+        exit_within(first, 15)
         assert service.naps() == [("start", "long", str(first.pid))]
 
         second = service.start()

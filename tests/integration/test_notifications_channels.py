@@ -93,3 +93,28 @@ def test_a_server_that_does_not_answer_in_time_is_a_transient_failure(sinks):
     with pytest.raises(domain.TransientFailure, match="timed out"):
         SmtpChannel("127.0.0.1", sink.port, security="none", mail_from="shop@example.com",
                     timeout=0.5).send(MESSAGE)
+
+
+# internationalised addresses (issue 11, item 4) ------------------------------------
+
+
+def test_an_internationalised_domain_goes_as_idna_to_a_relay_without_smtputf8(sinks):
+    sink = sinks()  # offers no SMTPUTF8
+    channel(sink.port, security="none").send(MESSAGE._replace(address="ann@bücher.example"))
+    [mail] = sink.messages()
+    assert mail.rcpt_tos == ["ann@xn--bcher-kva.example"]
+    assert str(mail.message["To"]) == "ann@xn--bcher-kva.example"
+
+
+def test_a_non_ascii_local_part_uses_smtputf8_when_offered(sinks):
+    sink = sinks(smtputf8=True)
+    channel(sink.port, security="none").send(MESSAGE._replace(address="jürgen@bücher.example"))
+    [mail] = sink.messages()
+    assert mail.rcpt_tos == ["jürgen@bücher.example"]
+
+
+def test_a_non_ascii_local_part_without_smtputf8_is_a_permanent_failure(sinks):
+    sink = sinks()
+    with pytest.raises(domain.PermanentFailure, match="SMTPUTF8"):
+        channel(sink.port, security="none").send(MESSAGE._replace(address="jürgen@example.com"))
+    assert sink.messages() == []

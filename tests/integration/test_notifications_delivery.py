@@ -166,9 +166,11 @@ def test_a_slow_mail_server_does_not_hold_the_event_handlers(config, smtp, notif
         return notes if len(notes) == len(orders) else None
 
     notes = eventually(all_recorded, timeout=10, interval=0.05, message="all notifications recorded")
-    recorded_after = time.monotonic() - started
-    assert recorded_after < 1.5, recorded_after
+    print("all recorded after {:.2f}s".format(time.monotonic() - started))
     assert all(note["status"] in ("queued", "sending") for note in notes)
+    # The property, without a wall-clock bound: every notification was recorded
+    # while no email had got through (each takes the server 3 s to accept), so
+    # no handler waited for the mail server.
     assert smtp.messages() == []  # still in the server's slow DATA phase
     eventually(lambda: len(smtp.messages()) == len(orders), timeout=15, message="all emails delivered")
 

@@ -1,6 +1,7 @@
 """The order saga on the real broker and both databases, services in-process."""
 import json
-import time
+import logging
+import re
 
 import requests
 from sqlalchemy import text
@@ -78,6 +79,30 @@ def outbox_bodies(config, service, base):
         engine.dispose()
 
 
+# which consumers (their inbox names) handle each event type
+CONSUMERS = {
+    "product_changed": ["update_catalogue"], "order_created": ["reserve_stock"],
+    "stock_reserved": ["confirm_order"], "stock_rejected": ["reject_order"],
+    "order_confirmed": ["notify"], "order_rejected": ["notify"],
+    "order_cancelled": ["release_stock", "notify"], "stock_released": [],
+}
+
+
+class SkippedDeliveries(logging.Handler):
+    """The (consumer, event id) pairs whose delivery a consumer recognised and skipped."""
+
+    PATTERN = re.compile(r"^(\w+): event (\S+) \(\w+\) already handled; skipped$")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seen = set()
+
+    def emit(self, record):
+        found = self.PATTERN.match(record.getMessage())
+        if found:
+            self.seen.add(found.groups())
+
+
 def test_every_event_type_delivered_twice_changes_nothing_the_second_time(
         running, rpc, service_config, publish_raw):
     rpc.inventory.create_product("D-1", "Dice", 100, 10)
@@ -97,17 +122,30 @@ def test_every_event_type_delivered_twice_changes_nothing_the_second_time(
     assert {body["type"] for body in sent} == {
         "product_changed", "order_created", "stock_reserved", "stock_rejected", "order_confirmed",
         "order_rejected", "order_cancelled", "stock_released"}
-    for body in sent:  # the whole conversation again, same event ids
-        publish_raw(body["source"], body["type"], body)
+    expected = {(consumer, body["id"]) for body in sent for consumer in CONSUMERS[body["type"]]}
+    skipped = SkippedDeliveries()
+    consumers_log = logging.getLogger("services.common.consumers")
+    level = consumers_log.level
+    consumers_log.addHandler(skipped)
+    consumers_log.setLevel(logging.INFO)
+    try:
+        for body in sent:  # the whole conversation again, same event ids
+            publish_raw(body["source"], body["type"], body)
+        # evidence that every redelivered message reached its consumers and was
+        # recognised; a wrongful second effect would have been applied instead
+        eventually(lambda: expected <= skipped.seen, timeout=30,
+                   message="every redelivery consumed and skipped")
+    finally:
+        consumers_log.removeHandler(skipped)
+        consumers_log.setLevel(level)
 
-    def all_redelivered_and_skipped():
+    def recorded_once():
         engine = make_engine(service_config["DB_URIS"]["orders:OrdersBase"])
         with engine.connect() as connection:
             count = connection.execute(text("SELECT count(*) FROM processed_events")).scalar()
         engine.dispose()
-        return count == 3  # confirm, reject, catalogue: each recorded once
-    eventually(all_redelivered_and_skipped)
-    time.sleep(1.0)  # room for any wrongful second effect to show
+        return count
+    assert recorded_once() == 3  # confirm, reject, catalogue: each recorded once
 
     assert rpc.inventory.get_stock("D-1") == {"sku": "D-1", "on_hand": 10, "reserved": 0, "available": 10}
     assert [change["to"] for change in rpc.orders.get_order(kept["id"])["history"]] == [

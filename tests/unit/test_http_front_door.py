@@ -124,3 +124,37 @@ def test_our_failures_are_logged_once_and_client_errors_are_left_to_the_trace(er
         assert logged == []
     else:
         assert len(logged) == 1 and logged[0][0] == level and logged[0][1].startswith(text), logged
+
+
+def test_building_the_response_after_the_commit_cannot_fail():
+    """A header werkzeug refuses is left out (and logged), not turned into a 500 for a change already made."""
+    handler = JsonHttpHandler("POST", "/products")
+    response = handler.response_from_result((201, {"sku": "NL-1\n"}, {"Location": "/products/NL-1\n",
+                                                                       "X-Other": "fine"}))
+    assert response.status_code == 201
+    assert json.loads(response.get_data()) == {"sku": "NL-1\n"}
+    assert "Location" not in response.headers and response.headers["X-Other"] == "fine"
+
+
+def test_rpc_replies_carry_no_driver_text():
+    """An error a method did not expect reaches the caller typed, naming only its type."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import DataError
+
+    from services.common.errors import InternalError
+    from services.common.rpc import Rpc
+
+    replies = []
+    entrypoint = Rpc()
+    entrypoint.container = SimpleNamespace(service_name="inventory")
+    entrypoint.rpc_consumer = SimpleNamespace(handle_result=lambda message, result, exc_info: replies.append(
+        exc_info) or (result, exc_info))
+    error = DataError("UPDATE products SET on_hand=on_hand + %(q)s", {"q": 2 ** 40}, Exception("integer out of range"))
+    entrypoint.handle_result("message", None, None, (DataError, error, None))
+    entrypoint.handle_result("message", None, None, (OperationalError, OperationalError("SELECT 1", {}, Exception(
+        "could not connect")), None))
+    (_, internal, _), (_, unavailable, _) = replies
+    assert isinstance(internal, InternalError) and "UPDATE" not in str(internal) and "range" not in str(internal)
+    assert internal.details == {"reason": "DataError"}
+    assert isinstance(unavailable, ServiceUnavailable) and "SELECT" not in str(unavailable)

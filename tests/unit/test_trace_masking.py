@@ -159,19 +159,26 @@ def test_service_name_comes_from_the_nameko_run_arguments(monkeypatch):
     assert service_name_from_argv(argv) == "billing"
 
 
-class Ticker:
-    """A timer-driven service, traced the way config.yaml sets the real ones up."""
+def make_ticker():
+    """A timer-driven service, traced the way config.yaml sets the real ones up.
 
-    name = "ticker"
-    tracer = Tracer()
-    correlation_id = CorrelationId()
-    ticks = []
+    A new class per test: its ``ticks`` are that test's alone, so no test's
+    result depends on which ran before it.
+    """
 
-    @timer(interval=0.05)
-    def tick(self):
-        self.ticks.append(self.correlation_id)
-        if len(self.ticks) == 2:
-            raise RuntimeError("bad tick for zed@example.net")
+    class Ticker:
+        name = "ticker"
+        tracer = Tracer()
+        correlation_id = CorrelationId()
+        ticks = []
+
+        @timer(interval=0.05)
+        def tick(self):
+            self.ticks.append(self.correlation_id)
+            if len(self.ticks) == 2:
+                raise RuntimeError("bad tick for zed@example.net")
+
+    return Ticker
 
 
 def test_timer_calls_get_one_masked_line_each_with_their_own_correlation_id(container_factory):
@@ -183,6 +190,7 @@ def test_timer_calls_get_one_masked_line_each_with_their_own_correlation_id(cont
     tracer_logger = logging.getLogger("nameko_tracer")
     tracer_logger.addHandler(handler)
     tracer_logger.setLevel(logging.INFO)
+    Ticker = make_ticker()
     try:
         container = container_factory(Ticker, {"TRACER": config["TRACER"]})
         container.start()
@@ -219,7 +227,7 @@ def _stages_traced(container_factory, stages):
     tracer_logger = logging.getLogger("nameko_tracer")
     tracer_logger.addHandler(handler)
     tracer_logger.setLevel(logging.INFO)
-    Ticker.ticks = []
+    Ticker = make_ticker()
     try:
         container = container_factory(Ticker, {"TRACER": dict(config["TRACER"], STAGES=stages)})
         container.start()
