@@ -30,7 +30,7 @@ from nameko_tracer import Tracer as NamekoTracer
 from nameko_tracer import constants
 from nameko_tracer.adapters import DefaultAdapter
 
-from .correlation import CONTEXT_KEY
+from .correlation import CONTEXT_KEY, is_valid_correlation_id
 from .masking import SENSITIVE_KEYS, mask
 
 MAX_ARGS_CHARS = 300
@@ -188,7 +188,10 @@ def trace_line(data):
         "kind": entrypoint_kind(entrypoint_type),
         "entrypoint_type": entrypoint_type,
         "stage": data.get(constants.STAGE_KEY),
-        "correlation_id": context.get(CONTEXT_KEY),
+        # CorrelationId replaces an invalid id before the worker runs; a
+        # request-stage line may be built before that
+        "correlation_id": context.get(CONTEXT_KEY) if is_valid_correlation_id(context.get(CONTEXT_KEY))
+        else "invalid",
         "call_id": data.get(constants.CALL_ID_KEY),
         "call_id_stack": data.get(constants.CALL_ID_STACK_KEY),
         "origin_call_id": data.get(constants.ORIGIN_CALL_ID_KEY),
