@@ -14,11 +14,8 @@ that for any customer and write the catalogue. Catalogue reads, /health,
 """
 import uuid
 
-import eventlet
-from kombu import Connection
-from sqlalchemy import text
-
 from services.common.errors import NotFound
+from services.common.health import check_broker, check_database, readiness
 from services.common.http import Forbidden, http, json_response, read_headers, read_json, read_query
 
 from . import ratelimit
@@ -36,23 +33,10 @@ product_schema = ProductSchema()
 empty_query_schema = EmptyQuerySchema()
 idempotency_header_schema = IdempotencyHeaderSchema()
 
-DEFAULT_READY_TIMEOUT = 1.0
+DEFAULT_READY_TIMEOUT = 1.0  # also services.common.health's
 DEFAULT_ORDER_RATE_LIMIT = 30
 DEFAULT_ANONYMOUS_RATE_LIMIT = 30
 DEFAULT_RATE_LIMIT_WINDOW = 60
-
-
-def check_broker(amqp_uri, timeout):
-    """'ok' if an AMQP connection (handshake included) opens within ``timeout``."""
-    try:
-        with eventlet.Timeout(timeout):
-            with Connection(amqp_uri, connect_timeout=timeout) as connection:
-                connection.connect()
-        return "ok"
-    except eventlet.Timeout:
-        return "no answer within {}s".format(timeout)
-    except Exception as exc:  # any failure to connect is "not ready", whatever its type
-        return "unreachable: {}".format(type(exc).__name__)
 
 
 def _valid_order_id(order_id):
@@ -229,21 +213,8 @@ class HttpApi:
         wait for it), so its outage must not take orders out of a load balancer.
         """
         timeout = float(self.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
-        checks = {"broker": check_broker(self.config["AMQP_URI"], timeout),
-                  "database": self._check_database(timeout)}
-        ready = all(value == "ok" for value in checks.values())
-        return (200 if ready else 503), {"status": "ready" if ready else "not_ready", "checks": checks}
-
-    def _check_database(self, timeout):
-        try:
-            with eventlet.Timeout(timeout):
-                with self.db.get_session() as session:
-                    session.execute(text("SELECT 1"))
-            return "ok"
-        except eventlet.Timeout:
-            return "no answer within {}s".format(timeout)
-        except Exception as exc:  # an unreachable database, whatever the driver raises
-            return "unreachable: {}".format(type(exc).__name__)
+        return readiness({"broker": check_broker(self.config["AMQP_URI"], timeout),
+                          "database": check_database(self.db.get_session, timeout)})
 
     @http("GET", "/openapi.json")
     def http_openapi(self, request):
