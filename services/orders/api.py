@@ -64,12 +64,12 @@ class HttpApi:
         """The caller, who must be an admin or have an email to own orders by."""
         identity = self._caller(request)
         if not identity.admin and not identity.email:
-            raise Forbidden("The token names no customer (no email claim).",
-                            details={"Authorization": ["The token has no email claim."]})
+            raise Forbidden("The token names no customer (no verified email).",
+                            details={"Authorization": ["The token has no verified email claim."]})
         return identity
 
     def _require_admin(self, request):
-        """Catalogue writes (and acting for other customers) need the admin scope."""
+        """Catalogue writes need the admin scope (403 insufficient_scope without it)."""
         identity = self._caller(request)
         if not identity.admin:
             raise InsufficientScope(self.auth.admin_scope)

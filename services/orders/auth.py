@@ -10,7 +10,7 @@ Tokens are verified with PyJWT against keys from configuration, in this order:
 ``JWT_ISSUER`` and ``JWT_AUDIENCE`` must match and ``exp``, ``iss``, ``aud``
 and ``sub`` must be present. With no key or no issuer/audience configured
 every token is refused (deny by default). The identity is the token's
-``sub`` and ``email``; ``JWT_ADMIN_SCOPE`` (``orders:admin``) in ``scope``
+``sub`` and ``email`` (ignored when ``email_verified`` is false); ``JWT_ADMIN_SCOPE`` (``orders:admin``) in ``scope``
 (space-separated) or ``scp`` (a list) makes an operator.
 """
 import logging
@@ -180,6 +180,10 @@ class TokenVerifier:
             raise NotAuthenticated("The token's subject is not valid.", "invalid_token")
         scopes = _scopes(claims)
         email = claims.get("email") if isinstance(claims.get("email"), str) else ""
+        if claims.get("email_verified") is False:
+            # orders belong to an email: one the provider has not verified
+            # could be anybody's, so it names no customer
+            email = ""
         return Identity(subject=subject, email=normalise_email(email), scopes=scopes,
                         admin=self.admin_scope in scopes)
 

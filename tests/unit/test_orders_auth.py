@@ -240,10 +240,13 @@ def test_idempotency_keys_belong_to_their_customer(orders, outbox):
     assert bob_order["id"] in json.dumps(conflict.value.details)
 
 
-def test_a_token_without_email_is_refused_on_customer_routes(orders):
-    no_email = header(tokens.token(None, subject="svc-1"))
-    with pytest.raises(Forbidden):
-        orders.http_list_orders(request("GET", "/orders", no_email))
+def test_a_token_without_a_verified_email_is_refused_on_customer_routes(orders):
+    place(orders, ANN)
+    for token in (tokens.token(None, subject="svc-1"), tokens.token(ANN, email_verified=False)):
+        with pytest.raises(Forbidden):
+            orders.http_list_orders(request("GET", "/orders", header(token)))
+    assert len(orders.http_list_orders(request("GET", "/orders", header(tokens.token(ANN, email_verified=True))))
+               ["orders"]) == 1
 
 
 # rate limits ---------------------------------------------------------------------------
