@@ -30,6 +30,7 @@ DEFAULT_ADMIN_SCOPE = "orders:admin"
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
 DEFAULT_LEEWAY = 30
 DEFAULT_JWKS_CACHE_SECONDS = 300
+DEFAULT_JWKS_COOLDOWN = 30
 REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 MAX_TOKEN_LENGTH = 8192
 
@@ -117,8 +118,12 @@ class TokenVerifier:
         key_file = str(_setting(config, "JWT_PUBLIC_KEY_FILE"))
         secret = str(_setting(config, "JWT_DEV_HS256_SECRET"))
         if jwks_url:
-            self.jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=float(
-                _setting(config, "JWT_JWKS_CACHE_SECONDS", DEFAULT_JWKS_CACHE_SECONDS)), timeout=5)
+            # a kid not in the cached set refetches it (key rotation), at most
+            # once per cooldown (a flood of made-up kids cannot hammer the provider)
+            self.jwks = jwt.PyJWKClient(
+                jwks_url, cache_keys=True, timeout=5,
+                lifespan=float(_setting(config, "JWT_JWKS_CACHE_SECONDS", DEFAULT_JWKS_CACHE_SECONDS)),
+                cooldown_duration=float(_setting(config, "JWT_JWKS_REFRESH_COOLDOWN", DEFAULT_JWKS_COOLDOWN)))
             self.algorithms = [name for name in self.algorithms if not name.startswith("HS")]
         elif key_file:
             try:

@@ -284,3 +284,69 @@ def test_the_error_carries_its_headers_to_the_client():
     response = handler.error_response(ratelimit.TooManyRequests(7, "Authorization"))
     assert (response.status_code, response.headers["Retry-After"]) == (429, "7")
     assert json.loads(response.get_data())["error"] == "rate_limited"
+
+
+# JWKS ----------------------------------------------------------------------------------
+
+
+class JwksServer:
+    """A real HTTP server on loopback publishing a key set that the test can rotate."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.keys, self.fetches = [], 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.fetches += 1
+                data = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:{}/jwks.json".format(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def publish(self, private_key, kid):
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key()))
+        self.keys.append(dict(jwk, kid=kid, use="sig", alg="ES256"))
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def jwks():
+    server = JwksServer()
+    yield server
+    server.stop()
+
+
+def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_refetches_them(jwks):
+    first, second = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    jwks.publish(first, "k1")
+    check = verifier(JWT_PUBLIC_KEY_FILE="", JWT_JWKS_URL=jwks.url, JWT_JWKS_REFRESH_COOLDOWN=0.01)
+    for _ in range(3):
+        token = jwt.encode(valid_claims(), first, algorithm="ES256", headers={"kid": "k1"})
+        assert check.identity(header(token)).email == ANN
+    assert jwks.fetches == 1
+    # the provider rotates: a token with the new kid makes the verifier fetch the set again
+    jwks.publish(second, "k2")
+    time.sleep(0.02)  # past the refresh cooldown
+    rotated = jwt.encode(valid_claims(email=BOB), second, algorithm="ES256", headers={"kid": "k2"})
+    assert check.identity(header(rotated)).email == BOB
+    # a kid nobody published, or a key the set does not hold, is refused
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    for token in (jwt.encode(valid_claims(), stranger, algorithm="ES256", headers={"kid": "k9"}),
+                  jwt.encode(valid_claims(), stranger, algorithm="ES256", headers={"kid": "k1"})):
+        with pytest.raises(Unauthorized):
+            check.identity(header(token))
