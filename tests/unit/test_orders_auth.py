@@ -350,3 +350,27 @@ def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_refetches_them(jwks):
                   jwt.encode(valid_claims(), stranger, algorithm="ES256", headers={"kid": "k1"})):
         with pytest.raises(Unauthorized):
             check.identity(header(token))
+
+
+def test_a_verified_token_is_remembered_but_never_past_its_expiry_or_a_minute(monkeypatch):
+    from services.orders import auth
+    check = verifier()
+    decoded = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *args, **kwargs: decoded.append(1) or real(*args, **kwargs))
+    start = time.time()
+    clock = [start]
+    monkeypatch.setattr(auth.time, "time", lambda: clock[0])
+    short = header(tokens.token(ANN, exp=int(start) + 20))
+    long = header(tokens.token(BOB, exp=int(start) + 3600))
+    assert check.identity(short).email == check.identity(short).email == ANN
+    assert check.identity(long).email == check.identity(long).email == BOB
+    assert len(decoded) == 2
+    clock[0] = start + 21  # past the short token's exp: checked in full again
+    check.identity(long)
+    assert len(decoded) == 2
+    check.identity(short)
+    assert len(decoded) == 3
+    clock[0] = start + auth.VERIFIED_TTL + 1  # the long one is remembered a minute at most
+    check.identity(long)
+    assert len(decoded) == 4
