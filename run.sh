@@ -7,6 +7,7 @@
 #   ./run.sh dlq list|replay SERVICE   inspect or replay a service's dead letters
 #   ./run.sh shell      nameko shell against the running services
 #   ./run.sh trace ID   an order's timeline across the services (order id or X-Request-ID)
+#   ./run.sh token EMAIL [--admin]   a development bearer token for the HTTP API
 #   ./run.sh bench [--quick] [--db postgresql] [--instances 1,2]
 #                       benchmark against a Nameko baseline (figures in var/bench/)
 set -euo pipefail
@@ -76,6 +77,19 @@ ensure_management() {
     fi
 }
 
+# Development bearer tokens: unless a key source is configured, orders trusts
+# a signing key created here the first time (var/dev-jwt-key.pem, ignored by
+# git) and `./run.sh token` signs with it.
+DEV_JWT_KEY="${JWT_DEV_PRIVATE_KEY_FILE:-$ROOT/var/dev-jwt-key.pem}"
+if [[ -z "${JWT_JWKS_URL:-}${JWT_PUBLIC_KEY_FILE:-}${JWT_DEV_HS256_SECRET:-}" ]]; then
+    export JWT_PUBLIC_KEY_FILE="${DEV_JWT_KEY%.pem}.pub.pem"
+    export JWT_ISSUER="${JWT_ISSUER:-urn:orders:dev}" JWT_AUDIENCE="${JWT_AUDIENCE:-orders-api}"
+fi
+ensure_dev_key() {
+    [[ "${JWT_PUBLIC_KEY_FILE:-}" == "${DEV_JWT_KEY%.pem}.pub.pem" ]] || return 0
+    "$PY" -m scripts.token --ensure-key --key "$DEV_JWT_KEY" >/dev/null
+}
+
 migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
 
 run_services() {
@@ -109,7 +123,9 @@ cmd="${1:-run}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
     run)
-        setup_venv; ensure_broker; migrate; run_services ;;
+        setup_venv; ensure_broker; ensure_dev_key; migrate; run_services ;;
+    token)
+        setup_venv; ensure_dev_key; exec "$PY" -m scripts.token --key "$DEV_JWT_KEY" "$@" ;;
     test)
         setup_venv; ensure_broker; ensure_management
         exec "$PY" -m pytest "$@" ;;
@@ -127,5 +143,5 @@ case "$cmd" in
     trace)
         setup_venv; exec "$PY" -m scripts.trace "$@" --config "$CONFIG" ;;
     *)
-        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell|trace|bench]"; exit 2 ;;
+        say "usage: ./run.sh [run|test|migrate|seed|dlq|shell|trace|bench|token]"; exit 2 ;;
 esac

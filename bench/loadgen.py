@@ -69,16 +69,19 @@ class Connection:
         return status, body
 
 
-def build_requests(url, bodies, request_id_prefix=None):
+def build_requests(url, bodies, request_id_prefix=None, headers=()):
+    """Raw requests; ``headers`` are extra "Name: value" lines (e.g. the bearer token)."""
     parts = urlsplit(url)
     path = parts.path or "/"
     host = parts.netloc
+    extra = "".join("{}\r\n".format(header) for header in headers)
     built = []
     for body in bodies:
         data = body.encode()
         built.append(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
-            "Content-Length: {}\r\nConnection: keep-alive\r\n\r\n".format(path, host, len(data)).encode() + data)
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{}"
+            "Content-Length: {}\r\nConnection: keep-alive\r\n\r\n".format(path, host, extra, len(data)).encode()
+            + data)
     return parts.hostname, parts.port or 80, built
 
 
@@ -227,10 +230,11 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=10)
     parser.add_argument("--max-connections", type=int, default=256)
     parser.add_argument("--collect-ids", action="store_true")
+    parser.add_argument("--header", action="append", default=[], help='an extra "Name: value" header')
     args = parser.parse_args(argv)
     with open(args.body_file) as stream:
         bodies = [line.strip() for line in stream if line.strip()]
-    host, port, requests = build_requests(args.url, bodies)
+    host, port, requests = build_requests(args.url, bodies, headers=args.header)
     loop = asyncio.new_event_loop()
     if args.mode == "closed":
         result, start = loop.run_until_complete(closed_loop(

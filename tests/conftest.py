@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from scripts.throwaway import create_database, drop_database  # noqa: E402
 from services.common.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
+from tests import tokens  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +30,9 @@ FAST_SETTINGS = {
     "RETRY_BACKOFF_MAX": 0.2,
     "OUTBOX_RELAY_INTERVAL": 0.2,
     "OUTBOX_GRACE": 0.5,
+    # the rate-limit tests lower these; the rest place orders quickly
+    "ORDER_RATE_LIMIT": 100000,
+    "ANONYMOUS_RATE_LIMIT": 100000,
 }
 
 
@@ -60,6 +64,7 @@ def service_config(rabbit_config, make_database, backend):
     config = load_config(os.path.join(ROOT, "config.yaml"))
     config.pop("LOGGING", None)
     config.update(FAST_SETTINGS)
+    config.update(tokens.SETTINGS)
     config["AMQP_URI"] = rabbit_config["AMQP_URI"]
     config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
     config["DB_URIS"] = {

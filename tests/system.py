@@ -15,6 +15,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from scripts.wait_ready import wait_ready
 from services.common import errors  # noqa: F401  (typed remote errors for callers)
+from tests import tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")
@@ -113,14 +114,16 @@ class System:
             time.sleep(0.1)
         raise AssertionError("orders never learned of {}\n{}".format(skus, self.logs()))
 
-    def place_order(self, email, lines, **kwargs):
+    def place_order(self, email, lines, headers=None, **kwargs):
+        """POST /orders for ``email``, with that customer's token."""
         return requests.post(self.url("/orders"), json={
             "customer_email": email,
             "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines]},
-            timeout=10, **kwargs)
+            headers=dict(tokens.customer(email), **(headers or {})), timeout=10, **kwargs)
 
     def order(self, order_id):
-        response = requests.get(self.url("/orders/{}".format(order_id)), timeout=10)
+        """An order as an operator sees it (any customer's)."""
+        response = requests.get(self.url("/orders/{}".format(order_id)), headers=tokens.admin(), timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 

@@ -70,7 +70,8 @@ def error_response(status, code, message, details=None, headers=None):
 
 
 def service_error_response(exc):
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    # an error may carry its own headers (WWW-Authenticate challenges, Retry-After)
+    headers = getattr(exc, "headers", None) or ({"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
 

@@ -10,9 +10,10 @@ counting changes in memory) keeps those figures right across restarts and
 across several processes of one service.
 
 Each container gets its own registry, so several services in one process
-(tests) do not collide. The exposition is served by orders at ``GET
-/metrics`` (``MetricsHttp``) and by any service whose ``METRICS_PORTS`` entry
-is a port, on that port.
+(tests) do not collide. The exposition is served by any service whose ``METRICS_PORTS`` entry is a
+port, on that port (never on orders' public API port), together with
+``/health`` and ``/ready`` (``health.py``) for services that have no API
+port of their own.
 """
 import logging
 import time
@@ -35,7 +36,7 @@ from werkzeug.wrappers import Response
 from .consumers import dead_letter_queue_name
 from .db import database_uri, make_engine
 from .events import as_utc, utcnow
-from .http import http
+from .health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
 from .tracing import entrypoint_kind
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,25 @@ class Metrics(DependencyProvider):
         except OSError as exc:
             log.warning("metrics: cannot listen on port %s (%s); not served on a port", port, exc)
             return
-        app = make_wsgi_app(self.registry)
+        app = self._wsgi_app(make_wsgi_app(self.registry))
         self._server = self.container.spawn_managed_thread(
             lambda: eventlet.wsgi.server(self._socket, app, log_output=False))
         log.info("metrics: serving Prometheus metrics on port %s", port)
+
+    def _wsgi_app(self, metrics_app):
+        """``/health`` and ``/ready`` (broker and own database), everything else to prometheus_client."""
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path == "/health":
+                return json_wsgi(200, {"status": "ok", "service": self.container.service_name}, start_response)
+            if path == "/ready":
+                timeout = float(self.container.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
+                checks = {"broker": check_broker(self.amqp_uri, timeout)}
+                if self.engine is not None:
+                    checks["database"] = check_database(self.engine.connect, timeout)
+                return json_wsgi(*readiness(checks), start_response)
+            return metrics_app(environ, start_response)
+        return app
 
     # workers -------------------------------------------------------------------------
 
@@ -255,11 +271,3 @@ class _StateCollector:
 
     def collect(self):
         return self.provider.collect_state()
-
-
-class MetricsHttp:
-    """``GET /metrics`` on the service's HTTP port; needs ``metrics = Metrics(...)``."""
-
-    @http("GET", "/metrics", ops=True)
-    def http_metrics(self, request):
-        return self.metrics.response()

@@ -13,10 +13,12 @@ is spread over two lines. This module narrows that down:
 - ``TraceFilter`` keeps only the response stage, which carries the start
   time, duration and outcome, so each call is one line;
 - ``TraceFormatter`` writes the line with stable field names and masks email
-  addresses anywhere in it;
+  addresses (percent-encoded ones too), phone numbers and push tokens
+  anywhere in it (``masking.py``);
 - ``ServiceLogHandler`` writes to ``$LOG_DIR/<service>[.trace].log`` when
   ``LOG_DIR`` is set; stdout stays the default.
 """
+import inspect
 import json
 import logging
 import os
@@ -28,8 +30,8 @@ from nameko_tracer import Tracer as NamekoTracer
 from nameko_tracer import constants
 from nameko_tracer.adapters import DefaultAdapter
 
-from .correlation import CONTEXT_KEY
-from .masking import mask
+from .correlation import CONTEXT_KEY, is_valid_correlation_id
+from .masking import SENSITIVE_KEYS, mask
 
 MAX_ARGS_CHARS = 300
 MAX_EXCEPTION_CHARS = 500
@@ -91,11 +93,33 @@ class TraceAdapter(DefaultAdapter):
                     "source": body.get("source")}, True
         if not args and not worker_ctx.kwargs:
             return {}, False
-        text = json.dumps({"args": args, "kwargs": worker_ctx.kwargs}, default=str)
+        args, kwargs = _mask_named_arguments(worker_ctx, args, dict(worker_ctx.kwargs))
+        text = json.dumps({"args": args, "kwargs": kwargs}, default=str)
         return {"summary": _cut(text, MAX_ARGS_CHARS)}, True
 
     def get_result(self, result):
         return None
+
+
+def _mask_named_arguments(worker_ctx, args, kwargs):
+    """Phone numbers and push tokens passed by position, masked by their parameter's name.
+
+    The text masking finds them by name in keyword arguments and by shape; a
+    device token passed positionally has neither, so the method's signature
+    names it.
+    """
+    try:
+        method = getattr(worker_ctx.service, worker_ctx.entrypoint.method_name)
+        names = list(inspect.signature(method).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return args, kwargs
+    for index, name in enumerate(names[:len(args)]):
+        if name.lower() in SENSITIVE_KEYS and isinstance(args[index], str):
+            args[index] = mask({name: args[index]})[name]
+    for name in kwargs:
+        if name.lower() in SENSITIVE_KEYS and isinstance(kwargs[name], str):
+            kwargs[name] = mask({name: kwargs[name]})[name]
+    return args, kwargs
 
 
 class HttpTraceAdapter(TraceAdapter):
@@ -164,7 +188,10 @@ def trace_line(data):
         "kind": entrypoint_kind(entrypoint_type),
         "entrypoint_type": entrypoint_type,
         "stage": data.get(constants.STAGE_KEY),
-        "correlation_id": context.get(CONTEXT_KEY),
+        # CorrelationId replaces an invalid id before the worker runs; a
+        # request-stage line may be built before that
+        "correlation_id": context.get(CONTEXT_KEY) if is_valid_correlation_id(context.get(CONTEXT_KEY))
+        else "invalid",
         "call_id": data.get(constants.CALL_ID_KEY),
         "call_id_stack": data.get(constants.CALL_ID_STACK_KEY),
         "origin_call_id": data.get(constants.ORIGIN_CALL_ID_KEY),

@@ -72,17 +72,34 @@ class ProcessedEvent(ProcessedEventMixin, OrdersBase):
 class IdempotencyKey(OrdersBase):
     """A client's ``Idempotency-Key`` and the answer its first request got.
 
-    The key is the primary key, so two racing requests with one key cannot
+    (customer, key) is the primary key, so two racing requests with one key cannot
     both insert it: the loser's transaction (and with it its order and its
     ``order_created`` event) is rolled back, and it answers with the winner's
     stored response instead.
     """
 
-    __tablename__ = "idempotency_keys"
+    __tablename__ = "customer_idempotency_keys"
 
+    # the customer's normalised email and the client's key: a key names
+    # nothing outside its customer's own requests
+    customer = Column(String(254), primary_key=True)
     key = Column(String(255), primary_key=True)
     request_hash = Column(String(64), nullable=False)
     order_id = Column(String(36), ForeignKey("orders.id"), nullable=False)
     status_code = Column(Integer, nullable=False)
     response = Column(JSON, nullable=False)
     created_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, index=True)
+
+
+class RateLimitCounter(OrdersBase):
+    """A fixed-window request counter shared by every orders process (``ratelimit.py``).
+
+    One row per (bucket, window start); incremented by an atomic upsert, so
+    two processes counting the same caller at the same moment both count.
+    """
+
+    __tablename__ = "rate_limit_counters"
+
+    bucket = Column(String(300), primary_key=True)
+    window_start = Column(Integer, primary_key=True, autoincrement=False)  # unix seconds
+    count = Column(Integer, nullable=False)

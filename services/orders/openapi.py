@@ -23,11 +23,15 @@ VERSION = "1.0.0"
 ERRORS = {
     "BadRequest": (400, "The body is not JSON (malformed_json) or breaks the schema (invalid_input); "
                         "details names each field."),
-    "Unauthorized": (401, "No admin token, or a wrong one (unauthorized)."),
-    "Forbidden": (403, "Admin operations are switched off: no ADMIN_TOKEN configured (forbidden)."),
+    "Unauthorized": (401, "No bearer token, or one that is expired, not yet valid, badly signed or meant "
+                          "for another issuer or audience (unauthorized); see WWW-Authenticate."),
+    "Forbidden": (403, "The token may not do this: the admin scope is needed (insufficient_scope), "
+                       "or a customer named another customer (forbidden); details names the field."),
     "NotFound": (404, "No such route, order or product (not_found)."),
     "MethodNotAllowed": (405, "The path exists but not with this method (method_not_allowed); see Allow."),
     "Conflict": (409, "Valid, but it clashes with the current state (conflict)."),
+    "TooManyRequests": (429, "Too many orders from this customer, or unauthenticated attempts from this "
+                             "address, in RATE_LIMIT_WINDOW seconds (rate_limited); see Retry-After."),
     "PayloadTooLarge": (413, "The body is larger than MAX_BODY_BYTES (payload_too_large)."),
     "UnsupportedMediaType": (415, "The body is not sent as application/json (unsupported_media_type)."),
     "BadGateway": (502, "A service this request needs failed unexpectedly (upstream_error)."),
@@ -44,7 +48,11 @@ is a stable code, `message` is for people. Every response carries
 request through every service and log line.
 
 Money is integer cents. Unknown fields and unknown query parameters are
-refused. Catalogue writes need `Authorization: Bearer <ADMIN_TOKEN>`.
+refused. Orders need `Authorization: Bearer <token>`, a JWT from the
+deployment's identity provider: a customer sees and changes only their own
+orders (another customer's order is a 404); a token with the `orders:admin`
+scope acts for any customer and writes the catalogue. Catalogue reads,
+`/health`, `/ready` and `/openapi.json` are public.
 Browsers may call from the origins in `CORS_ALLOWED_ORIGINS` (none by default);
 `OPTIONS` on any path answers a CORS preflight.
 """
@@ -76,16 +84,21 @@ EXAMPLES = {
     "ProductChanges": {"price": 1799, "active": True},
     "Restock": {"quantity": 50},
 }
-ADMIN = [{"adminToken": []}]
+# OpenAPI 3.0 lists no scopes for an http scheme: the admin scope is in the summaries
+ADMIN = [{"bearerAuth": []}]
+CUSTOMER = [{"bearerAuth": []}]
+PUBLIC = []
 COMMON = ("MethodNotAllowed",)
 WITH_BODY = ("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")
 ADMIN_ERRORS = ("Unauthorized", "Forbidden")
+CUSTOMER_ERRORS = ("Unauthorized", "Forbidden")
 UPSTREAM = ("BadGateway", "ServiceUnavailable")
 
 
 def build_spec(max_line_quantity=1000, max_order_lines=100):
     spec = APISpec(title="Orders API", version=VERSION, openapi_version="3.0.3",
-                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
+                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION},
+                   security=CUSTOMER)  # the default; public operations say security: []
     # what a JSON Schema can say beyond the fields themselves
     extra = {"ProductChanges": {"minProperties": 1}}
     for name, schema in (("Error", ErrorSchema), ("Order", OrderSchema), ("OrderPage", OrderPageSchema),
@@ -97,8 +110,11 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
         spec.components.schema(name, extra.get(name), schema=schema)
     for name, (_, description) in ERRORS.items():
         spec.components.response(name, _json({"$ref": "#/components/schemas/Error"}, description))
-    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer",
-                                                   "description": "The ADMIN_TOKEN of the deployment."})
+    spec.components.security_scheme("bearerAuth", {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "An access token (JWT) from the identity provider: issuer JWT_ISSUER, audience "
+                       "JWT_AUDIENCE; the customer is its sub and email; the orders:admin scope (in scope "
+                       "or scp) makes an operator. In development: ./run.sh token EMAIL [--admin]."})
 
     def ref(name):
         return {"$ref": "#/components/schemas/{}".format(name)}
@@ -109,12 +125,14 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
 
     spec.path(path="/orders", operations={
         "post": {
-            "operationId": "placeOrder", "tags": ["orders"],
+            "operationId": "placeOrder", "tags": ["orders"], "security": CUSTOMER,
             "summary": "Place an order (answered at once as pending; inventory decides later).",
             "description": "Prices are taken from the catalogue at placement. With an Idempotency-Key "
                            "the same key and the same body return the first answer again, with the same "
                            "status and no second order; the same key with another body is a 409. Keys "
-                           "are kept for IDEMPOTENCY_KEY_TTL seconds.",
+                           "are kept for IDEMPOTENCY_KEY_TTL seconds and belong to the order's customer. "
+                           "A customer's customer_email may be left out; another customer's is a 403. "
+                           "An admin names the customer in customer_email.",
             "parameters": [{"in": "header", "schema": IdempotencyHeaderSchema}],
             "requestBody": body("PlaceOrder"),
             "responses": {"202": {**_json(ref("Order"), "The order, pending."), "headers": {
@@ -122,40 +140,47 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
                 "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true", "false"]},
                                         "description": "Sent with an Idempotency-Key: whether this "
                                                        "is the stored answer of an earlier request."}}},
-                          **_errors("Conflict", *WITH_BODY, *COMMON)},
+                          "429": {**_json(ref("Error"), ERRORS["TooManyRequests"][1]), "headers": {
+                              "Retry-After": {"schema": {"type": "integer"},
+                                              "description": "Seconds until the next window."}}},
+                          **_errors(*CUSTOMER_ERRORS, "Conflict", *WITH_BODY, *COMMON)},
         },
         "get": {
-            "operationId": "listOrders", "tags": ["orders"],
-            "summary": "Orders, newest first, a page at a time.",
+            "operationId": "listOrders", "tags": ["orders"], "security": CUSTOMER,
+            "summary": "The caller's orders (an admin's: everyone's), newest first, a page at a time.",
             "description": "Follow next_cursor until it is null. Orders placed while paging never "
-                           "make a page repeat or skip an order.",
+                           "make a page repeat or skip an order. customer_email filters for an admin; "
+                           "a customer may only name themselves.",
             "parameters": [{"in": "query", "schema": ListOrdersSchema}],
             "responses": {"200": _json(ref("OrderPage"), "A page of orders."),
-                          **_errors("BadRequest", *COMMON)},
+                          **_errors("BadRequest", *CUSTOMER_ERRORS, *COMMON)},
         },
     })
     spec.path(path="/orders/{order_id}", parameters=[ORDER_ID], operations={"get": {
-        "operationId": "getOrder", "tags": ["orders"],
+        "operationId": "getOrder", "tags": ["orders"], "security": CUSTOMER,
         "summary": "One order: lines, prices at placement, total, status, timestamps, history.",
-        "responses": {"200": _json(ref("Order"), "The order."), **_errors("BadRequest", "NotFound", *COMMON)},
+        "description": "Another customer's order is a 404, like a missing one.",
+        "responses": {"200": _json(ref("Order"), "The order."),
+                      **_errors("BadRequest", *CUSTOMER_ERRORS, "NotFound", *COMMON)},
     }})
     spec.path(path="/orders/{order_id}/cancel", parameters=[ORDER_ID], operations={"post": {
-        "operationId": "cancelOrder", "tags": ["orders"],
+        "operationId": "cancelOrder", "tags": ["orders"], "security": CUSTOMER,
         "summary": "Cancel a pending or confirmed order (its stock is released).",
+        "description": "Another customer's order is a 404, like a missing one.",
         "requestBody": body("CancelOrder", required=False),
         "responses": {"200": _json(ref("Order"), "The cancelled order."),
-                      **_errors("NotFound", "Conflict", *WITH_BODY, *COMMON)},
+                      **_errors(*CUSTOMER_ERRORS, "NotFound", "Conflict", *WITH_BODY, *COMMON)},
     }})
     spec.path(path="/products", operations={
         "get": {
-            "operationId": "listProducts", "tags": ["catalogue"],
+            "operationId": "listProducts", "tags": ["catalogue"], "security": PUBLIC,
             "summary": "The catalogue with live stock, from inventory.",
             "responses": {"200": _json(ref("ProductList"), "Every product."),
                           **_errors("BadRequest", *UPSTREAM, *COMMON)},
         },
         "post": {
             "operationId": "createProduct", "tags": ["catalogue"], "security": ADMIN,
-            "summary": "Add a product (admin).",
+            "summary": "Add a product (admin: the orders:admin scope).",
             "requestBody": body("NewProduct"),
             "responses": {"201": _json(ref("Product"), "The new product."),
                           **_errors(*ADMIN_ERRORS, "Conflict", *WITH_BODY, *UPSTREAM, *COMMON)},
@@ -163,7 +188,7 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
     })
     spec.path(path="/products/{sku}", parameters=[SKU], operations={
         "get": {
-            "operationId": "getProduct", "tags": ["catalogue"],
+            "operationId": "getProduct", "tags": ["catalogue"], "security": PUBLIC,
             "summary": "One product with live stock, from inventory.",
             "responses": {"200": _json(ref("Product"), "The product."),
                           **_errors("BadRequest", "NotFound", *UPSTREAM, *COMMON)},
@@ -184,26 +209,19 @@ def build_spec(max_line_quantity=1000, max_order_lines=100):
                       **_errors(*ADMIN_ERRORS, "NotFound", *WITH_BODY, *UPSTREAM, *COMMON)},
     }})
     spec.path(path="/health", operations={"get": {
-        "operationId": "health", "tags": ["operations"],
+        "operationId": "health", "tags": ["operations"], "security": PUBLIC,
         "summary": "Liveness: answers while the process is up.",
         "responses": {"200": _json(ref("Health"), "Up."), **_errors(*COMMON)},
     }})
     spec.path(path="/ready", operations={"get": {
-        "operationId": "ready", "tags": ["operations"],
-        "summary": "Readiness: broker and database reachable, inventory answers a ping.",
+        "operationId": "ready", "tags": ["operations"], "security": PUBLIC,
+        "summary": "Readiness: broker and database reachable (inventory is not needed to take orders).",
         "responses": {"200": _json(ref("Readiness"), "Ready."),
                       "503": _json(ref("Readiness"), "Not ready; checks says what fails."),
                       **_errors(*COMMON)},
     }})
-    spec.path(path="/metrics", operations={"get": {
-        "operationId": "metrics", "tags": ["operations"],
-        "summary": "Prometheus metrics of this process (docs/observability.md).",
-        "responses": {"200": {"description": "Prometheus text exposition format 0.0.4.",
-                              "content": {"text/plain": {"schema": {"type": "string"}}}},
-                      **_errors(*COMMON)},
-    }})
     spec.path(path="/openapi.json", operations={"get": {
-        "operationId": "openapi", "tags": ["operations"],
+        "operationId": "openapi", "tags": ["operations"], "security": PUBLIC,
         "summary": "This document.",
         "responses": {"200": {"description": "The OpenAPI 3 document.",
                               "content": {"application/json": {"schema": {"type": "object"}}}},

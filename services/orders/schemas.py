@@ -235,7 +235,7 @@ class HealthSchema(Schema):
 class ReadinessSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ready", "not_ready"]))
     checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={
-        "description": "broker, database, inventory: 'ok' or what failed."})
+        "description": "broker, database: 'ok' or what failed."})
 
 
 # Events from inventory that orders consumes.

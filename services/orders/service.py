@@ -22,7 +22,7 @@ from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import as_utc, parse_event, utcnow
-from services.common.metrics import Metrics, MetricsHttp
+from services.common.metrics import Metrics
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
@@ -30,8 +30,9 @@ from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
 from services.common.validation import order_id_or_none
 
-from . import domain
-from .api import HttpApi, ReadinessRpcProxy
+from . import domain, ratelimit
+from .api import DEFAULT_RATE_LIMIT_WINDOW, HttpApi
+from .auth import normalise_email
 from .models import (
     CatalogueItem,
     IdempotencyKey,
@@ -81,7 +82,7 @@ stock_rejected_schema = StockRejectedSchema()
 product_changed_schema = ProductChangedSchema()
 
 
-class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
+class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     name = "orders"
 
     config = Config()
@@ -89,7 +90,6 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
     db = ServiceDatabase(OrdersBase)
     outbox = Outbox(OrdersBase, OutboxMessage)
     inventory = TimedRpcProxy("inventory")
-    inventory_ping = ReadinessRpcProxy("inventory")
     correlation_id = CorrelationId()
     tracer = Tracer()
     metrics = Metrics(OrdersBase, outbox=OutboxMessage,
@@ -150,15 +150,19 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
         return order
 
     def _order_request(self, body):
-        return load_input(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
-                                            int(self.config.get("MAX_ORDER_LINES", 100))), body)
+        data = load_input(place_order_schema(int(self.config.get("MAX_LINE_QUANTITY", 1000)),
+                                             int(self.config.get("MAX_ORDER_LINES", 100))), body)
+        # stored lower-case: a customer's orders are found whatever case was typed
+        data["customer_email"] = normalise_email(data["customer_email"])
+        return data
 
     def place_order_once(self, body, key):
         """``place_order`` behind an idempotency key: ``(status, order, replayed)``.
 
         The key row is written in the order's own transaction, so either both
         the order (with its ``order_created`` event) and the key exist or
-        neither does. A request racing one with the same key blocks on the
+        neither does. A key belongs to the order's customer: another
+        customer's identical key is another key. A request racing one with the same key blocks on the
         key's primary key until the first commits, fails to insert it, rolls
         back everything it wrote and answers with the stored response.
         """
@@ -166,8 +170,9 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
         fingerprint = hashlib.sha256(
             json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         cutoff = utcnow() - timedelta(seconds=self._idempotency_ttl())
+        customer = data["customer_email"]
         with self.db.get_session() as session:
-            stored = self._stored_answer(session, key, fingerprint, cutoff)
+            stored = self._stored_answer(session, customer, key, fingerprint, cutoff)
         if stored is not None:
             return stored
         try:
@@ -175,14 +180,15 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
                 # an expired key is free again (a bulk delete: a racing twin
                 # may already have removed it)
                 session.execute(delete(IdempotencyKey).where(
-                    IdempotencyKey.key == key, IdempotencyKey.created_at < cutoff))
+                    IdempotencyKey.customer == customer, IdempotencyKey.key == key,
+                    IdempotencyKey.created_at < cutoff))
                 order = self._create_order(session, data)
-                session.add(IdempotencyKey(key=key, request_hash=fingerprint, order_id=order["id"],
+                session.add(IdempotencyKey(customer=customer, key=key, request_hash=fingerprint, order_id=order["id"],
                                            status_code=202, response=order))
                 session.flush()
         except IntegrityError:
             with self.db.get_session() as session:
-                stored = self._stored_answer(session, key, fingerprint, cutoff)
+                stored = self._stored_answer(session, customer, key, fingerprint, cutoff)
             if stored is None:
                 raise
             log.info("order request with idempotency key answered by order %s", stored[1]["id"])
@@ -190,8 +196,8 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
         _log_placed(order)
         return 202, order, False
 
-    def _stored_answer(self, session, key, fingerprint, cutoff):
-        record = session.get(IdempotencyKey, key)
+    def _stored_answer(self, session, customer, key, fingerprint, cutoff):
+        record = session.get(IdempotencyKey, (customer, key))
         if record is None or as_utc(record.created_at) < cutoff:
             return None
         if record.request_hash != fingerprint:
@@ -212,6 +218,13 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
         if removed:
             log.info("forgot %d expired idempotency keys", removed)
         return removed
+
+    @timer(interval=IDEMPOTENCY_PURGE_INTERVAL)
+    def purge_rate_limit_counters(self):
+        """Delete the rate-limit counters of windows that have ended."""
+        window = int(self.config.get("RATE_LIMIT_WINDOW") or DEFAULT_RATE_LIMIT_WINDOW)
+        with self.db.get_session() as session:
+            return ratelimit.forget_ended(session, window)
 
     def _create_order(self, session, data):
         """The order, its lines at today's prices and its ``order_created`` event, in ``session``."""
@@ -277,7 +290,7 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
             if "status" in query:
                 statement = statement.where(Order.status == query["status"])
             if "customer_email" in query:
-                statement = statement.where(Order.customer_email == query["customer_email"])
+                statement = statement.where(Order.customer_email == normalise_email(query["customer_email"]))
             if query.get("cursor"):
                 created_at, order_id = query["cursor"]
                 statement = statement.where(or_(
@@ -288,11 +301,15 @@ class OrdersService(HttpApi, DeadLetterRpc, MetricsHttp, InboxRetention):
             next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
             return {"orders": order_schema.dump(page, many=True), "next_cursor": next_cursor}
 
-    def change_status(self, order_id, status, reason):
-        """Move an order to ``status`` and announce it, in one transaction."""
+    def change_status(self, order_id, status, reason, owner=None):
+        """Move an order to ``status`` and announce it, in one transaction.
+
+        With ``owner`` (a normalised email), another customer's order is not
+        found, exactly like a missing one.
+        """
         with self.db.get_session() as session:
             row = self._lock_order(session, order_id)
-            if row is None:
+            if row is None or (owner is not None and normalise_email(row.customer_email) != owner):
                 raise _not_found(order_id)
             try:
                 domain.transition(row.status, status)

@@ -8,6 +8,7 @@ import requests
 from sqlalchemy import text
 
 from services.common.db import make_engine
+from tests import tokens
 from tests.helpers import eventually
 from tests.system import System
 
@@ -55,8 +56,9 @@ class OrderStream:
         sku = SKUS[self._n % len(SKUS)][0]
         lines = [(sku, 1 + self._n % 3)]
         try:
-            response = session.post(self.system.url("/orders"), timeout=8, json={
-                "customer_email": "stream{}@example.com".format(self._n),
+            email = "stream{}@example.com".format(self._n)
+            response = session.post(self.system.url("/orders"), timeout=8, headers=tokens.customer(email), json={
+                "customer_email": email,
                 "lines": [{"sku": s, "quantity": q} for s, q in lines]})
         except requests.RequestException as exc:
             self.outcomes[type(exc).__name__] += 1

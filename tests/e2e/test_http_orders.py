@@ -1,5 +1,6 @@
 """Placing and reading orders over HTTP: idempotency keys (racing requests
-included), keyset pagination while orders are being added, filters."""
+included), keyset pagination while orders are being added, filters; each
+request carries its customer's token (an operator's for everybody's view)."""
 import threading
 import time
 import uuid
@@ -7,6 +8,7 @@ import uuid
 import pytest
 import requests
 
+from tests import tokens
 from tests.helpers import eventually
 
 
@@ -24,13 +26,15 @@ def order_body(email, quantity=1):
 
 
 def post_order(api, body, key=None):
-    headers = {"Idempotency-Key": key} if key else {}
+    headers = tokens.customer(body["customer_email"])
+    if key:
+        headers["Idempotency-Key"] = key
     return requests.post(api.url("/orders"), json=body, headers=headers, timeout=30)
 
 
 def orders_of(api, email):
     return requests.get(api.url("/orders"), params={"customer_email": email, "limit": 100},
-                        timeout=10).json()["orders"]
+                        headers=tokens.admin(), timeout=10).json()["orders"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -119,7 +123,8 @@ def test_pages_have_no_gaps_or_repeats_while_orders_are_added(api):
             params = {"customer_email": email, "limit": 5}
             if cursor:
                 params["cursor"] = cursor
-            response = requests.get(api.url("/orders"), params=params, timeout=10)
+            response = requests.get(api.url("/orders"), params=params, headers=tokens.customer(email),
+                                    timeout=10)
             assert response.status_code == 200, response.text
             page = response.json()
             pages += 1
@@ -145,12 +150,14 @@ def test_pages_have_no_gaps_or_repeats_while_orders_are_added(api):
 def test_filters_and_one_order_in_full(api):
     ann = post_order(api, order_body("ann@example.com", 2)).json()
     bob = post_order(api, order_body("bob@example.com")).json()
-    requests.post(api.url("/orders/{}/cancel".format(bob["id"])), json={"reason": "changed my mind"}, timeout=10)
+    requests.post(api.url("/orders/{}/cancel".format(bob["id"])), json={"reason": "changed my mind"},
+                  headers=tokens.customer("bob@example.com"), timeout=10)
 
-    listed = requests.get(api.url("/orders"), timeout=10).json()
+    admin = tokens.admin()
+    listed = requests.get(api.url("/orders"), headers=admin, timeout=10).json()
     assert [order["id"] for order in listed["orders"]] == [bob["id"], ann["id"]]
     assert listed["next_cursor"] is None
-    cancelled = requests.get(api.url("/orders?status=cancelled"), timeout=10).json()["orders"]
+    cancelled = requests.get(api.url("/orders?status=cancelled"), headers=admin, timeout=10).json()["orders"]
     assert [order["id"] for order in cancelled] == [bob["id"]]
     assert [order["id"] for order in orders_of(api, "ann@example.com")] == [ann["id"]]
 

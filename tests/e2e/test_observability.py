@@ -15,6 +15,7 @@ import requests
 from nameko.standalone.events import event_dispatcher
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import tokens
 from tests.helpers import eventually, free_port
 from tests.system import ROOT, System
 
@@ -25,9 +26,10 @@ MASKED = "c***@example.com"
 @pytest.fixture
 def observed(service_config, tmp_path, request):
     log_dir = tmp_path / "log"
-    ports = {"inventory": free_port(), "notifications": free_port()}
+    ports = {"orders": free_port(), "inventory": free_port(), "notifications": free_port()}
     running = System(service_config, str(tmp_path), extra_env={
         "LOG_DIR": str(log_dir),
+        "ORDERS_METRICS_PORT": str(ports["orders"]),
         "INVENTORY_METRICS_PORT": str(ports["inventory"]),
         "NOTIFICATIONS_METRICS_PORT": str(ports["notifications"]),
     })
@@ -137,6 +139,10 @@ def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_ever
     assert response.status_code == 400, response.text
     good = system.place_order(EMAIL, [("OBS-2", 1)])
     assert good.status_code == 202
+    # an operator's search puts the address in a query string, percent-encoded
+    searched = requests.get(system.url("/orders"), params={"customer_email": EMAIL}, headers=tokens.admin(),
+                            timeout=10)
+    assert searched.status_code == 200 and "%40" in searched.url
     eventually(lambda: settled(system, good.json()["id"]), message="order settled")
     with system.rpc() as rpc:
         eventually(lambda: rpc.notifications.list_notifications(order_id=good.json()["id"]),
@@ -160,8 +166,12 @@ def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_ever
         with open(path) as stream:
             text = stream.read()
         assert EMAIL not in text, path
+        assert EMAIL.replace("@", "%40") not in text, path
         seen_masked = seen_masked or MASKED in text
     assert seen_masked  # the notification log names the customer, masked
+    queries = [line["call"]["request"].get("query", "") for line in traces(system.log_path, "orders")
+               if line["entrypoint"] == "http_list_orders"]
+    assert queries == ["customer_email=c***%40example.com"]
 
 
 class Samples(dict):
@@ -206,7 +216,9 @@ def value(samples, name, unused=False, **labels):
 def test_metrics_parse_and_move_when_orders_are_placed(observed):
     system = observed.start()
     system.create_products(("OBS-3", "Desk", 10000, 2))
-    orders_url = system.url("/metrics")
+    orders_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["orders"])
+    # not on the public API port, where customers are
+    assert requests.get(system.url("/metrics"), timeout=5).status_code == 404
     inventory_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["inventory"])
     notifications_url = "http://127.0.0.1:{}/".format(system.metrics_ports["notifications"])
 

@@ -1,5 +1,7 @@
 """./run.sh as a newcomer uses it: it sets up, runs the three services with
-prefixed logs, seeds the demo catalogue once, and stops them all on SIGTERM."""
+prefixed logs, seeds the demo catalogue once, creates a development signing
+key so that `./run.sh token EMAIL` prints a token the running system
+accepts, and stops them all on SIGTERM."""
 import os
 import signal
 import subprocess
@@ -10,8 +12,15 @@ from tests.system import ROOT
 from tests.helpers import eventually
 
 
+def run_sh_env(system, tmp_path):
+    """The system's settings, less the test's token key: run.sh's own development key instead."""
+    env = {name: value for name, value in system.env.items() if not name.startswith("JWT_")}
+    env.update(PYTHONWARNINGS="ignore", JWT_DEV_PRIVATE_KEY_FILE=str(tmp_path / "dev-jwt-key.pem"))
+    return env
+
+
 def start_run_sh(system, log_path):
-    env = dict(system.env, PYTHONWARNINGS="ignore")
+    env = run_sh_env(system, log_path.parent)
     log = open(log_path, "wb")
     return subprocess.Popen([os.path.join(ROOT, "run.sh")], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -36,6 +45,7 @@ def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path
         log = log_path.read_text()
         for service in ("orders", "inventory", "notifications"):
             assert "[{}.1]".format(service) in log
+
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -48,6 +58,30 @@ def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path
         eventually(lambda: "catalogue already has products" in (tmp_path / "run2.log").read_text(),
                    timeout=90, message="second start")
         assert len(requests.get(system.url("/products"), timeout=5).json()["products"]) == 3
+
+        # the README's commands: a token for a customer, alone on stdout, accepted at once.
+        # On the second run: the first one's stop is asserted clean, and a stop right
+        # after requests kills orders' HTTP connection threads (so does main's code).
+        assert (tmp_path / "dev-jwt-key.pem").exists()
+        assert oct((tmp_path / "dev-jwt-key.pem").stat().st_mode & 0o777) == "0o600"
+        printed = subprocess.run([os.path.join(ROOT, "run.sh"), "token", "ann@example.com"], cwd=ROOT,
+                                 env=run_sh_env(system, tmp_path), capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        token = printed.stdout.strip()
+        assert printed.stdout == token + "\n" and token.count(".") == 2
+        auth = {"Authorization": "Bearer " + token}
+        placed = requests.post(system.url("/orders"), headers=auth, timeout=10,
+                               json={"lines": [{"sku": "WIDGET-1", "quantity": 1}]})
+        assert placed.status_code == 202, placed.text
+        assert placed.json()["customer_email"] == "ann@example.com"
+        assert [order["id"] for order in requests.get(system.url("/orders"), headers=auth, timeout=10)
+                .json()["orders"]] == [placed.json()["id"]]
+        assert requests.get(system.url("/orders"), timeout=10).status_code == 401
+        admin = subprocess.run([os.path.join(ROOT, "run.sh"), "token", "--admin"], cwd=ROOT,
+                               env=run_sh_env(system, tmp_path), capture_output=True, text=True, timeout=60)
+        restocked = requests.post(system.url("/products/GIZMO-1/restock"), json={"quantity": 1}, timeout=10,
+                                  headers={"Authorization": "Bearer " + admin.stdout.strip()})
+        assert restocked.status_code == 200, restocked.text
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(30)

@@ -5,6 +5,7 @@ import requests
 
 from services.common.events import new_event
 from services.inventory import domain
+from tests import tokens
 from tests.helpers import eventually
 
 
@@ -22,7 +23,7 @@ def test_a_failing_event_is_dead_lettered_after_bounded_attempts_and_replays_aft
     monkeypatch.setattr(domain, "quantities_by_sku", broken)
 
     response = requests.post("http://{}/orders".format(service_config["WEB_SERVER_ADDRESS"]), timeout=10,
-                             json={"customer_email": "pat@example.com", "lines": [{"sku": "P-1", "quantity": 1}]})
+                             headers=tokens.customer("pat@example.com"), json={"customer_email": "pat@example.com", "lines": [{"sku": "P-1", "quantity": 1}]})
     order_id = response.json()["id"]
 
     letters = eventually(lambda: rpc.inventory.list_dead_letters(), message="dead letter")

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from services.common.db import make_engine
 
 from services.common.outbox import Outbox
+from tests import tokens
 from tests.helpers import eventually
 
 
@@ -17,7 +18,7 @@ def url(config, path):
 
 
 def place(config, email, *lines):
-    response = requests.post(url(config, "/orders"), timeout=10, json={
+    response = requests.post(url(config, "/orders"), timeout=10, headers=tokens.customer(email), json={
         "customer_email": email, "lines": [{"sku": sku, "quantity": qty} for sku, qty in lines]})
     assert response.status_code == 202, response.text
     return response.json()
@@ -40,11 +41,14 @@ def test_confirm_then_cancel_returns_the_stock_and_tells_the_customer(running, r
     assert eventually(lambda: settled(rpc, order["id"]))["status"] == "confirmed"
     assert rpc.inventory.get_stock("S-1")["available"] == 1
 
-    response = requests.post(url(service_config, "/orders/{}/cancel".format(order["id"])), timeout=10)
+    sue = tokens.customer("sue@example.com")
+    response = requests.post(url(service_config, "/orders/{}/cancel".format(order["id"])), timeout=10,
+                             headers=sue)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     eventually(lambda: rpc.inventory.get_stock("S-1")["reserved"] == 0, message="stock released")
 
-    again = requests.post(url(service_config, "/orders/{}/cancel".format(order["id"])), timeout=10)
+    again = requests.post(url(service_config, "/orders/{}/cancel".format(order["id"])), timeout=10,
+                          headers=sue)
     assert again.status_code == 409
     assert again.json()["details"] == {"status": ["cancelled"]}
     notes = eventually(lambda: len(rpc.notifications.list_notifications(order_id=order["id"])) == 2
@@ -111,7 +115,8 @@ def test_every_event_type_delivered_twice_changes_nothing_the_second_time(
     refused = place(service_config, "dan@example.com", ("D-1", 7))
     assert eventually(lambda: settled(rpc, kept["id"]))["status"] == "confirmed"
     assert eventually(lambda: settled(rpc, refused["id"]))["status"] == "rejected"
-    cancel = requests.post(url(service_config, "/orders/{}/cancel".format(kept["id"])), timeout=10)
+    cancel = requests.post(url(service_config, "/orders/{}/cancel".format(kept["id"])), timeout=10,
+                           headers=tokens.customer("dan@example.com"))
     assert cancel.status_code == 200
     eventually(lambda: rpc.inventory.get_stock("D-1")["reserved"] == 0, message="released")
     eventually(lambda: len(rpc.notifications.list_notifications(recipient="dan@example.com")) == 3,

@@ -1,5 +1,5 @@
 """The orders API's logic under worker_factory (real SQLite, no broker):
-idempotency keys, keyset pages with ties, the admin check, and the OpenAPI
+idempotency keys, keyset pages with ties, the admin scope, and the OpenAPI
 document covering every route with the configured limits."""
 import json
 from datetime import timedelta
@@ -13,18 +13,20 @@ from werkzeug.wrappers import Request
 from services.common.errors import Conflict, InvalidInput
 from services.common.events import new_event, utcnow
 from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
-from services.orders import api as api_module
+from services.orders.auth import TokenVerifier
 from services.orders.models import IdempotencyKey, Order
 from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor
 from services.orders.service import OrdersService
+from tests import tokens
 
 
 @pytest.fixture
 def orders(database, outbox):
     service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
                              config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3,
-                                     "IDEMPOTENCY_KEY_TTL": 60, "ADMIN_TOKEN": "tok"})
+                                     "IDEMPOTENCY_KEY_TTL": 60, **tokens.SETTINGS})
+    service.auth = TokenVerifier(tokens.SETTINGS)
     service.correlation_id = "req-1"
     service.update_catalogue(new_event("inventory", "product_changed", {
         "sku": "A", "name": "Apple", "price": 150, "active": True, "version": 1}))
@@ -118,26 +120,24 @@ def http_request(method="POST", path="/products", payload=None, authorization=No
                                   data=json.dumps(payload or {})).get_environ())
 
 
-def test_admin_writes_need_the_configured_token_compared_in_constant_time(orders, monkeypatch):
-    compared = []
-    real = api_module.hmac.compare_digest
-    monkeypatch.setattr(api_module.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+def test_catalogue_writes_need_the_admin_scope(orders):
     product = {"sku": "B", "name": "Bean", "price": 5, "stock": 0}
     orders.inventory.create_product.return_value = dict(product, on_hand=0, reserved=0, available=0,
                                                         active=True, version=1)
-    for authorization in (None, "", "Bearer", "Bearer wrong", "Basic tok", "tok"):
+    for authorization in (None, "", "Bearer", "Bearer wrong", "Basic " + tokens.admin_token(),
+                          tokens.admin_token()):
         with pytest.raises(Unauthorized):
             orders.http_create_product(http_request(payload=product, authorization=authorization))
+    with pytest.raises(Forbidden) as refused:
+        orders.http_create_product(http_request(
+            payload=product, authorization="Bearer " + tokens.token("ann@example.com")))
+    assert refused.value.code == "insufficient_scope"
+    assert 'error="insufficient_scope"' in refused.value.headers["WWW-Authenticate"]
     assert orders.inventory.create_product.call_count == 0
-    assert (b"wrong", b"tok") in compared
-    status, created, headers = orders.http_create_product(http_request(payload=product,
-                                                                       authorization="Bearer tok"))
+    status, created, headers = orders.http_create_product(http_request(
+        payload=product, authorization="Bearer " + tokens.admin_token()))
     assert (status, created["sku"], headers["Location"]) == (201, "B", "/products/B")
     orders.inventory.create_product.assert_called_once_with("B", "Bean", 5, 0)
-
-    orders.config["ADMIN_TOKEN"] = ""
-    with pytest.raises(Forbidden):
-        orders.http_create_product(http_request(payload=product, authorization="Bearer tok"))
 
 
 def _routes():
@@ -163,8 +163,17 @@ def test_the_document_describes_every_route_and_only_those():
             assert "405" in operation["responses"], (method, path)
             if "requestBody" in operation:
                 assert {"400", "413", "415"} <= set(operation["responses"]), (method, path)
-            if operation.get("security"):
+            assert "security" in operation, (method, path)  # public ones say so: []
+            if operation["security"]:
+                assert operation["security"] == [{"bearerAuth": []}]
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}
+    public = {(method, path) for path, item in doc["paths"].items() for method, operation in item.items()
+              if method != "parameters" and operation["security"] == []}
+    assert public == {("get", "/products"), ("get", "/products/{sku}"), ("get", "/health"),
+                      ("get", "/ready"), ("get", "/openapi.json")}
 
 
 def test_the_document_carries_the_configured_limits():

@@ -260,3 +260,58 @@ def test_an_http_error_is_traced_with_the_status_the_client_got(error, status):
     HttpTraceAdapter(logging.getLogger("t"), extra={}).set_exception(data, worker_ctx, (type(error), error, None))
     assert data[constants.RESPONSE_KEY] == {"status": status}
     assert handler.error_response(error).status_code == status  # the same answer, one mapping
+
+
+PHONE = "+447700900123"
+APNS = "a1b2c3d4" * 8  # 64 hex digits, the shape of an APNs device token
+FCM = "cX9Qa1b2c3d4:APA91bH" + "k" * 120
+OPAQUE_TOKEN = "push-token-opaque-98765"
+
+
+def test_phone_numbers_push_tokens_and_percent_encoded_emails_are_masked_in_text():
+    assert mask_text("sms to +447700900123 failed") == "sms to +***23 failed"
+    assert mask_text("phone=%2B447700900123&x=1") == "phone=%2B***23&x=1"
+    assert mask_text("customer_email=carol.customer%40example.com&limit=5") == \
+        "customer_email=c***%40example.com&limit=5"
+    assert APNS not in mask_text("token " + APNS) and FCM not in mask_text("token " + FCM)
+    assert OPAQUE_TOKEN not in mask_text('{"device_token": "%s"}' % OPAQUE_TOKEN)
+    assert OPAQUE_TOKEN not in mask_text("device_token=" + OPAQUE_TOKEN)
+    # what is not contact data stays readable
+    for text in ("2026-11-25T12:00:01+00:00", "took 1234567 ms", "order 3f2a9c1e-0000-4000-8000-000000000001"):
+        assert mask_text(text) == text
+
+
+class Preferences:
+    name = "notifications"
+
+    def set_preferences(self, customer_email, channels, phone=None, device_token=None):
+        pass
+
+
+def _rpc_worker(*args, **kwargs):
+    entrypoint = type("Rpc", (), {"method_name": "set_preferences"})()
+    return SimpleNamespace(entrypoint=entrypoint, service=Preferences(), args=args, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: _rpc_worker("ann@example.com", ["sms", "push"], PHONE, OPAQUE_TOKEN),
+    lambda: _rpc_worker("ann@example.com", ["sms", "push"], phone=PHONE, device_token=OPAQUE_TOKEN),
+])
+def test_trace_lines_mask_phones_and_push_tokens_passed_by_position_or_name(call):
+    adapter = TraceAdapter(logging.getLogger("t"), extra={})
+    arguments, _ = adapter.get_call_args(call())
+    text = json.dumps(trace_line(_trace(**{constants.REQUEST_KEY: arguments})))
+    for secret in ("ann@example.com", PHONE, OPAQUE_TOKEN):
+        assert secret not in text
+    assert "+***23" in text and "a***@example.com" in text
+
+
+def test_trace_lines_mask_emails_percent_encoded_in_the_query_string():
+    from werkzeug.test import EnvironBuilder
+    request = EnvironBuilder(method="GET", path="/orders",
+                             query_string="customer_email=carol.customer%40example.com&phone=%2B15551234567"
+                             ).get_request()
+    adapter = HttpTraceAdapter(logging.getLogger("t"), extra={})
+    arguments, _ = adapter.get_call_args(_worker("JsonHttpHandler", request))
+    line = json.loads(TraceFormatter().format(_record(_trace(**{constants.REQUEST_KEY: arguments}))))
+    assert line["call"]["request"]["query"] == "customer_email=c***%40example.com&phone=%2B***67"
