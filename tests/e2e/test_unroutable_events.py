@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.events import utcnow
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 ORDER_CREATED_QUEUE = "evt-orders-order_created--inventory.reserve_stock"
 
@@ -44,6 +44,8 @@ def notified_once(system, order_ids):
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_order_placed_while_its_consumer_queue_is_deleted_is_confirmed_once_it_returns(
         system, service_config, request):
+    metrics_port = free_port()
+    system.env["ORDERS_METRICS_PORT"] = str(metrics_port)
     system.start()
     system.create_products(("UNR-1", "Thing", 500, 10))
     system.stop("inventory")
@@ -60,7 +62,7 @@ def test_an_order_placed_while_its_consumer_queue_is_deleted_is_confirmed_once_i
         return [event for event in events if event["event_type"] == "order_created" and event["unroutable"]]
     assert eventually(waiting, message="order_created listed as unroutable")
     metrics = eventually(lambda: 'outbox_unroutable_events{event_type="order_created",service="orders"} 1.0'
-                         in requests.get(system.url("/metrics"), timeout=5).text, message="unroutable metric")
+                         in requests.get("http://127.0.0.1:{}/metrics".format(metrics_port), timeout=5).text, message="unroutable metric")
     assert metrics
 
     system.start("inventory")

@@ -13,15 +13,15 @@ import requests
 
 from services.common.errors import InvalidInput, NotFound
 from services.common.validation import MAX_STOCK
+from tests import tokens
 from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
 
-ADMIN = {"Authorization": "Bearer tok"}
+ADMIN = tokens.admin()
 
 
 @pytest.fixture
 def system(runner_factory, service_config):
-    service_config["ADMIN_TOKEN"] = "tok"
     runner = runner_factory(service_config, *ALL_SERVICES)
     runner.start()
     return service_config
@@ -29,7 +29,7 @@ def system(runner_factory, service_config):
 
 def send_json(method, address, body, **kwargs):
     """``body`` as JSON with ``\\uXXXX`` escapes: how a client sends an unpaired surrogate."""
-    headers = dict(kwargs.pop("headers", {}), **{"Content-Type": "application/json"})
+    headers = dict(ADMIN, **kwargs.pop("headers", {}), **{"Content-Type": "application/json"})
     return requests.request(method, address, data=json.dumps(body).encode("ascii"), headers=headers,
                             timeout=10, **kwargs)
 
@@ -59,7 +59,7 @@ FORGED_CURSORS = [
 
 def test_a_forged_cursor_is_a_400_naming_cursor(system):
     for cursor in FORGED_CURSORS:
-        response = requests.get(url(system, "/orders"), params={"cursor": cursor}, timeout=10)
+        response = requests.get(url(system, "/orders"), params={"cursor": cursor}, headers=ADMIN, timeout=10)
         assert response.status_code == 400, (cursor, response.text)
         assert "cursor" in response.json()["details"]
 
@@ -92,7 +92,7 @@ def test_unstorable_text_is_refused_at_the_edge_over_http_and_rpc(system, rpc):
             "customer_email": "ann{}@example.com".format(bad), "lines": [{"sku": "U-1", "quantity": 1}]})
         assert response.status_code == 400 and "customer_email" in response.json()["details"], response.text
         # a query string arrives as UTF-8 (werkzeug replaces what is not): only NUL gets through
-        response = requests.get(url(system, "/orders") + "?customer_email=a%00b@example.com", timeout=10)
+        response = requests.get(url(system, "/orders") + "?customer_email=a%00b@example.com", headers=ADMIN, timeout=10)
         assert response.status_code == 400 and "customer_email" in response.json()["details"], response.text
         with pytest.raises(NotFound):
             rpc.orders.get_order(bad)
@@ -106,7 +106,7 @@ def test_unstorable_text_is_refused_at_the_edge_over_http_and_rpc(system, rpc):
             rpc.notifications.list_notifications(order_id=bad)
         with pytest.raises(InvalidInput):
             rpc.notifications.list_notifications(recipient=bad)
-    response = requests.post(url(system, "/orders"), timeout=10, json={
+    response = requests.post(url(system, "/orders"), headers=ADMIN, timeout=10, json={
         "customer_email": "ann@example.com", "lines": [{"sku": "U-1", "quantity": 1}]})
     assert response.status_code == 202
     order_id = response.json()["id"]
@@ -157,7 +157,7 @@ def test_emails_one_rule_idna_domains_ascii_local_parts_any_case(system, rpc):
     eventually(lambda: rpc.orders.list_catalogue(), message="catalogue copy")
 
     def place(email):
-        return requests.post(url(system, "/orders"), timeout=10, json={
+        return requests.post(url(system, "/orders"), headers=ADMIN, timeout=10, json={
             "customer_email": email, "lines": [{"sku": "E-1", "quantity": 1}]})
 
     accepted = place("ann@bücher.example")
@@ -172,9 +172,9 @@ def test_emails_one_rule_idna_domains_ascii_local_parts_any_case(system, rpc):
 
     placed = place("Bob.Case@Example.COM")
     assert placed.status_code == 202, placed.text
-    found = requests.get(url(system, "/orders"), params={"customer_email": "bob.case@example.com"}, timeout=10)
+    found = requests.get(url(system, "/orders"), params={"customer_email": "bob.case@example.com"}, headers=ADMIN, timeout=10)
     assert [order["id"] for order in found.json()["orders"]] == [placed.json()["id"]]
-    also = requests.get(url(system, "/orders"), params={"customer_email": "BOB.CASE@example.com"}, timeout=10)
+    also = requests.get(url(system, "/orders"), params={"customer_email": "BOB.CASE@example.com"}, headers=ADMIN, timeout=10)
     assert [order["id"] for order in also.json()["orders"]] == [placed.json()["id"]]
     assert [o["id"] for o in rpc.orders.list_orders(customer_email="Bob.Case@EXAMPLE.com")] == [placed.json()["id"]]
     # notifications keys and lists by the same form

@@ -34,13 +34,13 @@ from services.common.db import make_engine
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.http import JsonHttpHandler
 from services.common.rpc import Rpc
+from tests import tokens
 from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
 
 EXAMPLES = 40
 # about 7-17 s per test here (HTTP ~8 s, RPC 11-17 s per backend)
 pytestmark = pytest.mark.slow
-ADMIN_TOKEN = "property-token"
 CLIENT_ERRORS = (InvalidInput, NotFound, Conflict)
 # routes whose 503 is an answer, not a failure
 MAY_BE_UNAVAILABLE = {"/ready"}
@@ -48,7 +48,7 @@ MAY_BE_UNAVAILABLE = {"/ready"}
 
 def client_headers():
     """What every HTTP request carries. The one place to add credentials (e.g. a JWT) when routes need them."""
-    return {"Authorization": "Bearer " + ADMIN_TOKEN}
+    return tokens.admin()
 
 
 # values -----------------------------------------------------------------------------
@@ -159,7 +159,6 @@ def encode(value):
 
 @pytest.fixture
 def system(runner_factory, service_config, rpc):
-    service_config["ADMIN_TOKEN"] = ADMIN_TOKEN
     runner = runner_factory(service_config, *ALL_SERVICES)
     runner.start()
     rpc.inventory.create_product("P-1", "Pen", 100, 1000)
