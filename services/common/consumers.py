@@ -32,6 +32,7 @@ from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
+from .queues import queue_arguments
 from .wire import coalesced_writes
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,15 @@ def dead_letter_queue_name(service_name):
     return "{}.dead-letters".format(service_name)
 
 
-def retry_queue(queue_name):
+def retry_queue(queue_name, config=None):
     """Messages wait here until their TTL sends them back to ``queue_name``."""
     return Queue(
         "{}.retry".format(queue_name),
         durable=True,
-        queue_arguments={
+        queue_arguments=queue_arguments(config, {
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": queue_name,
-        },
+        }),
     )
 
 
@@ -172,10 +173,13 @@ class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
         config = self.container.config
+        # nameko's EventHandler.setup builds the Queue with no arguments and offers no hook
+        self.queue.queue_arguments = queue_arguments(config, self.queue.queue_arguments)
         self.max_attempts = int(config.get("MAX_DELIVERY_ATTEMPTS", 5))
         self.backoff_base = float(config.get("RETRY_BACKOFF_BASE", 0.5))
         self.backoff_max = float(config.get("RETRY_BACKOFF_MAX", 30))
-        self.dead_letters = Queue(dead_letter_queue_name(self.container.service_name), durable=True)
+        self.dead_letters = Queue(dead_letter_queue_name(self.container.service_name), durable=True,
+                                  queue_arguments=queue_arguments(config))
         self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY])
 
     def handle_message_processed(self, message, result=None, exc_info=None):
@@ -200,7 +204,7 @@ class ReliableEventHandler(EventHandler):
             headers[ATTEMPT_HEADER] = attempt + 1
             log.warning("%s failed attempt %d/%d (%s: %s); retrying in %.2fs",
                         self.queue.name, attempt, self.max_attempts, type(exc).__name__, exc, delay)
-            target = retry_queue(self.queue.name)
+            target = retry_queue(self.queue.name, self.container.config)
             self._republish(message, target, headers, expiration=delay)
             return
         self.dead_letter(message, exc, headers, attempt)

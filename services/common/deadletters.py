@@ -14,6 +14,7 @@ import sys
 from kombu import Connection, Queue
 
 from .consumers import ATTEMPT_HEADER, dead_letter_queue_name
+from .queues import queue_arguments
 from .rpc import rpc
 
 ERROR_HEADERS = ("x-original-queue", "x-error-type", "x-error-message", "x-attempts", "x-dead-lettered-at")
@@ -30,17 +31,18 @@ def _describe(message):
     return described
 
 
-def _open(connection, service_name):
-    queue = Queue(dead_letter_queue_name(service_name), durable=True)
+def _open(connection, service_name, config=None):
+    # declared with the consumers' arguments (QUEUE_TYPE), or the broker refuses the declaration
+    queue = Queue(dead_letter_queue_name(service_name), durable=True, queue_arguments=queue_arguments(config))
     channel = connection.channel()
     bound = queue(channel)
     bound.declare()
     return channel, bound
 
 
-def list_dead_letters(amqp_uri, service_name, limit=100):
+def list_dead_letters(amqp_uri, service_name, limit=100, config=None):
     with Connection(amqp_uri, transport_options={"max_retries": 1}) as connection:
-        channel, queue = _open(connection, service_name)
+        channel, queue = _open(connection, service_name, config)
         found = []
         try:
             while len(found) < limit:
@@ -53,11 +55,11 @@ def list_dead_letters(amqp_uri, service_name, limit=100):
         return found
 
 
-def replay_dead_letters(amqp_uri, service_name, limit=None):
+def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
     """Send dead letters back to the queues they failed in; return how many."""
     replayed = 0
     with Connection(amqp_uri, transport_options={"max_retries": 1, "confirm_publish": True}) as connection:
-        channel, queue = _open(connection, service_name)
+        channel, queue = _open(connection, service_name, config)
         producer = connection.Producer(channel=channel)
         try:
             while limit is None or replayed < limit:
@@ -90,11 +92,11 @@ class DeadLetterRpc:
 
     @rpc
     def list_dead_letters(self, limit=100):
-        return list_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return list_dead_letters(self.config["AMQP_URI"], self.name, limit, self.config)
 
     @rpc
     def replay_dead_letters(self, limit=None):
-        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit)
+        return replay_dead_letters(self.config["AMQP_URI"], self.name, limit, self.config)
 
 
 def main(argv=None):
@@ -106,14 +108,15 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--config", default="config.yaml")
     args = parser.parse_args(argv)
-    amqp_uri = load_config(args.config)["AMQP_URI"]
+    config = load_config(args.config)
+    amqp_uri = config["AMQP_URI"]
     if args.action == "list":
-        letters = list_dead_letters(amqp_uri, args.service, args.limit or 100)
+        letters = list_dead_letters(amqp_uri, args.service, args.limit or 100, config)
         json.dump(letters, sys.stdout, indent=2, default=str)
         print()
         print("{} dead letter(s) in {}".format(len(letters), dead_letter_queue_name(args.service)), file=sys.stderr)
     else:
-        count = replay_dead_letters(amqp_uri, args.service, args.limit)
+        count = replay_dead_letters(amqp_uri, args.service, args.limit, config)
         print("replayed {} message(s) from {}".format(count, dead_letter_queue_name(args.service)))
 
 
