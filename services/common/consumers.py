@@ -30,6 +30,7 @@ from nameko.messaging import QueueConsumer
 from nameko.timer import timer
 from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
+from .brokers import redacted
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
 from .queues import queue_arguments
@@ -126,6 +127,11 @@ class SafeAckQueueConsumer(QueueConsumer):
     def stop(self):
         self._flush_acks()  # before the connection closes: acks not sent are redeliveries
         super().stop()
+
+    def on_connection_error(self, exc, interval):
+        # nameko's own warning redacts only the first password of a failover list (brokers.py)
+        log.warning("Error connecting to broker at %s (%s). Retrying in %s seconds.",
+                    redacted(self.amqp_uri), exc, interval)
 
     def requeue_message(self, message):
         try:
