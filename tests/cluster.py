@@ -134,9 +134,17 @@ class RabbitCluster:
         return {row["name"]: row for row in rows}
 
     def leader_of(self, vhost, queue):
-        """The node that leads quorum queue ``queue``."""
+        """The node that leads quorum queue ``queue`` (or holds it, for a classic queue)."""
         leader = self.queues(vhost)[queue]["leader"]
-        return self.node_named(leader)
+        if leader:
+            return self.node_named(leader)
+        # a classic queue has no leader: it is local to the one node that holds it
+        for node in self.nodes:
+            if node.running:
+                result = node.ctl_run("list_queues", "-p", vhost, "--local", "name", "--formatter", "json", "-q")
+                if result.returncode == 0 and queue in {row["name"] for row in json.loads(result.stdout)}:
+                    return node
+        raise AssertionError("no running node holds {}".format(queue))
 
     def dead_letters(self, vhost):
         return {name: row["messages"] for name, row in self.queues(vhost).items()

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+import requests
 from sqlalchemy import text
 
 from tests.cluster import RabbitCluster
@@ -107,6 +108,15 @@ def confirmations_resume(clock, since, count=10, timeout=60):
     return next(moment for moment in clock.moments if moment > since)
 
 
+def ready(system):
+    """Wait until orders' /ready is 200: a broker connection, and an RPC to inventory answered."""
+    def answers():
+        response = requests.get(system.url("/ready"), timeout=10)
+        return response.status_code == 200 or None
+    eventually(answers, timeout=60, interval=0.5, message="orders ready")
+    return time.monotonic()
+
+
 def assert_services_alive(system):
     for (service, instance), process in system.processes.items():
         assert process.poll() is None, "{} exited ({}); it should have reconnected by itself".format(
@@ -131,10 +141,13 @@ def test_losing_the_leader_of_order_created_and_getting_it_back_loses_nothing(
         stream = OrderStream(system, rate=20).start()
         try:
             stream.accepted_after(20)
+            streaming_at = time.monotonic()  # for the pauses of a quiet run, to compare
+            stream.accepted_after(60)
             leader = cluster.leader_of(vhost, ORDER_CREATED)
             stopped_at = time.monotonic()
             leader.stop()
             resumed_at = confirmations_resume(clock, stopped_at)
+            rpc_at = ready(system)  # the RPC proxies (requests and reply queues) failed over too
             new_leader = cluster.leader_of(vhost, ORDER_CREATED)
             assert new_leader is not leader
             leader.start()
@@ -148,10 +161,12 @@ def test_losing_the_leader_of_order_created_and_getting_it_back_loses_nothing(
         assert cluster.dead_letters(vhost) == {}
         logs = system.logs(tail=10 ** 6)
         assert cluster.password not in logs, "a broker password reached the services' logs"
-        report(capsys, "cluster: leader {} stopped; first confirmation {:.1f}s later, longest pause {:.1f}s in the "
-               "{:.0f}s it was down (boot included), {:.1f}s around its return; {} orders accepted, {} redeliveries "
-               "skipped as duplicates".format(
-                   leader.node, resumed_at - stopped_at, clock.longest_pause(stopped_at, back_at),
+        report(capsys, "cluster: longest pause between confirmations {:.1f}s before the loss; leader {} stopped; "
+               "first confirmation {:.1f}s later, /ready 200 {:.1f}s later, "
+               "longest pause {:.1f}s in the {:.0f}s it was down (boot included), {:.1f}s around its return; "
+               "{} orders accepted, {} redeliveries skipped as duplicates".format(
+                   clock.longest_pause(streaming_at, stopped_at),
+                   leader.node, resumed_at - stopped_at, rpc_at - stopped_at, clock.longest_pause(stopped_at, back_at),
                    back_at - stopped_at, clock.longest_pause(back_at - 1, time.monotonic()),
                    len(stream.accepted), logs.count("already handled; skipped")))
     finally:
@@ -178,6 +193,7 @@ def test_one_node_down_for_the_whole_run_the_system_keeps_confirming(system, clu
         assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
         assert_everything_settled(stream, databases, timeout=60)
         assert cluster.dead_letters(vhost) == {}
+        ready(system)
         queue = cluster.queues(vhost)[ORDER_CREATED]
         assert queue["type"] == "quorum" and queue["leader"] != down.node
         logs = system.logs(tail=10 ** 6)
