@@ -210,7 +210,8 @@ class ReliableEventHandler(EventHandler):
             headers[ATTEMPT_HEADER] = attempt + 1
             log.warning("%s failed attempt %d/%d (%s: %s); retrying in %.2fs",
                         self.queue.name, attempt, self.max_attempts, type(exc).__name__, exc, delay)
-            target = retry_queue(self.queue.name, self.container.config)
+            config = self.container.config if self.container is not None else None  # unbound in unit tests
+            target = retry_queue(self.queue.name, config)
             self._republish(message, target, headers, expiration=delay)
             return
         self.dead_letter(message, exc, headers, attempt)
