@@ -40,11 +40,15 @@ broker_reachable() {
     "$PY" - <<'PYEOF'
 import os, socket, sys
 from kombu.utils.url import url_to_parts
-parts = url_to_parts(os.environ["AMQP_URI"])
-try:
-    socket.create_connection((parts.hostname or "localhost", parts.port or 5672), timeout=2).close()
-except OSError:
-    sys.exit(1)
+# AMQP_URI may list several brokers separated by ";" (a cluster): any one answering will do
+for url in filter(None, os.environ["AMQP_URI"].split(";")):
+    parts = url_to_parts(url)
+    try:
+        socket.create_connection((parts.hostname or "localhost", parts.port or 5672), timeout=2).close()
+        sys.exit(0)
+    except OSError:
+        pass
+sys.exit(1)
 PYEOF
 }
 

@@ -37,9 +37,11 @@ from nameko.messaging import QueueConsumer
 from nameko.timer import timer
 from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
+from .brokers import redacted
 from .correlation import CONTEXT_KEY as CORRELATION_KEY
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
+from .queues import queue_arguments
 from .wire import coalesced_writes
 
 log = logging.getLogger(__name__)
@@ -55,18 +57,6 @@ INBOX_PURGE_BATCH = 1000
 
 def dead_letter_queue_name(service_name):
     return "{}.dead-letters".format(service_name)
-
-
-def queue_arguments(config, **arguments):
-    """The ``queue_arguments`` of every durable queue a service consumes or parks messages in.
-
-    One place on purpose: event queues, the RPC queue, retry queues and the
-    dead-letter queue are all declared through ``durable_queue``, so that a
-    setting that must apply to all of them (a queue type, say) is added here
-    once. RabbitMQ refuses to redeclare a queue with other arguments, so the
-    services and the tooling (``deadletters``) must agree, and do through this.
-    """
-    return dict(arguments)
 
 
 def durable_queue(config, name, arguments=None, **kwargs):
@@ -254,6 +244,11 @@ class SafeAckQueueConsumer(QueueConsumer):
     def stop(self):
         self._flush_acks()  # before the connection closes: acks not sent are redeliveries
         super().stop()
+
+    def on_connection_error(self, exc, interval):
+        # nameko's own warning redacts only the first password of a failover list (brokers.py)
+        log.warning("Error connecting to broker at %s (%s). Retrying in %s seconds.",
+                    redacted(self.amqp_uri), exc, interval)
 
     def requeue_message(self, message):
         try:

@@ -21,6 +21,16 @@ from .errors import InternalError, ServiceError, ServiceUnavailable, is_unavaila
 
 
 class SafeAckRpcConsumer(RpcConsumer):
+    """The ``rpc-<service>`` queue, declared with the arguments of every consumed queue.
+
+    nameko 2.14.1 declares it durable (and not auto-delete), so it can be a
+    quorum queue: in a cluster, a classic one would live on one node, and
+    while that node is down the declaration fails on every reconnection,
+    which stops the service's whole consumer (RPC replies included), not
+    only its RPC entrypoints. Requests still expire with their caller's
+    timeout (per-message TTL, which quorum queues honour since 3.10).
+    """
+
     queue_consumer = SafeAckQueueConsumer()
 
     def setup(self):
@@ -71,7 +81,26 @@ rpc = Rpc.decorator
 
 
 class SafeAckReplyListener(ReplyListener):
+    """nameko's reply listener, with a transient reply queue.
+
+    nameko 2.14.1 leaves its reply queue durable (kombu's default). In a
+    cluster, a durable classic queue whose node is down cannot be declared
+    again (``NOT_FOUND - home node ... is down``), so the reconnected
+    consumer, which shares its connection with the service's RPC entrypoint,
+    would fail until that node returns. A transient queue is deleted with
+    its node and declared afresh on the node the process reconnected to; a
+    reply in flight is lost either way, and its caller times out (503).
+    It is not exclusive: on a reconnection the broker may not yet have
+    noticed the old connection's end, and an exclusive queue would then be
+    locked to it.
+    """
+
     queue_consumer = SafeAckQueueConsumer()
+
+    def setup(self):
+        super().setup()
+        # nameko builds the Queue inside ReplyListener.setup and offers no hook for its flags
+        self.queue.durable = False
 
     def forget(self, reply_event):
         """Stop waiting for a reply nobody wants any more."""
