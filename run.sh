@@ -24,15 +24,18 @@ SERVICES=(inventory orders notifications)
 say() { printf '%s\n' "$*" >&2; }
 
 setup_venv() {
+    # The locks (requirements.txt: runtime; requirements-dev.txt: + test and
+    # bench) pin every package with its hashes; the project itself goes in
+    # editable, without dependencies, for its operator commands (orders-*).
     local stamp="$VENV/.requirements"
-    if [[ -f "$stamp" ]] && cmp -s requirements.txt "$stamp"; then
+    if [[ -f "$stamp" ]] && cat requirements.txt requirements-dev.txt pyproject.toml | cmp -s - "$stamp"; then
         return
     fi
-    say "==> installing requirements into $VENV"
+    say "==> installing the locked requirements into $VENV"
     [[ -x "$PY" ]] || python3 -m venv "$VENV"
-    "$PY" -m pip install --quiet --disable-pip-version-check 'pip>=23' 'setuptools<81'
-    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
-    cp requirements.txt "$stamp"
+    "$PY" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    cat requirements.txt requirements-dev.txt pyproject.toml > "$stamp"
 }
 
 broker_reachable() {
