@@ -12,7 +12,8 @@ across several processes of one service.
 Each container gets its own registry, so several services in one process
 (tests) do not collide. The exposition is served by orders at ``GET
 /metrics`` (``MetricsHttp``) and by any service whose ``METRICS_PORTS`` entry
-is a port, on that port.
+is a port, on that port, together with ``/health`` and ``/ready``
+(``health.py``).
 """
 import logging
 import time
@@ -35,6 +36,7 @@ from werkzeug.wrappers import Response
 from .consumers import dead_letter_queue_name
 from .db import database_uri, make_engine
 from .events import as_utc, utcnow
+from .health import DEFAULT_READY_TIMEOUT, check_broker, check_database, health_app
 from .http import http
 from .tracing import entrypoint_kind
 
@@ -125,10 +127,18 @@ class Metrics(DependencyProvider):
         except OSError as exc:
             log.warning("metrics: cannot listen on port %s (%s); not served on a port", port, exc)
             return
-        app = make_wsgi_app(self.registry)
+        app = health_app(self.container.service_name, self._readiness_checks(),
+                         make_wsgi_app(self.registry))
         self._server = self.container.spawn_managed_thread(
             lambda: eventlet.wsgi.server(self._socket, app, log_output=False))
-        log.info("metrics: serving Prometheus metrics on port %s", port)
+        log.info("metrics: serving Prometheus metrics, /health and /ready on port %s", port)
+
+    def _readiness_checks(self):
+        timeout = float(self.container.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
+        checks = {"broker": lambda: check_broker(self.amqp_uri, timeout)}
+        if self.engine is not None:
+            checks["database"] = lambda: check_database(self.engine, timeout)
+        return checks
 
     # workers -------------------------------------------------------------------------
 
