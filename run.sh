@@ -79,6 +79,22 @@ ensure_management() {
     fi
 }
 
+ensure_deploy_tools() {
+    # tests/deploy builds the image and runs compose with Debian's podman (runc,
+    # not crun) on a base made by debootstrap. kubectl is not packaged by Debian:
+    # without it the Kubernetes tests are skipped, saying so.
+    local missing=()
+    for tool in podman runc debootstrap; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+    [[ ${#missing[@]} -eq 0 ]] && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "==> installing ${missing[*]} (apt-get) for the image and compose tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; } \
+            >/dev/null 2>&1 || say "warning: installing ${missing[*]} failed; the image and compose tests will fail"
+    else
+        say "warning: ${missing[*]} missing; the image and compose tests will fail"
+    fi
+}
+
 migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
 
 run_services() {
@@ -114,7 +130,7 @@ case "$cmd" in
     run)
         setup_venv; ensure_broker; migrate; run_services ;;
     test)
-        setup_venv; ensure_broker; ensure_management
+        setup_venv; ensure_broker; ensure_management; ensure_deploy_tools
         exec "$PY" -m pytest "$@" ;;
     migrate)
         setup_venv; migrate ;;
