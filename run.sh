@@ -25,15 +25,18 @@ SERVICES=(inventory orders notifications)
 say() { printf '%s\n' "$*" >&2; }
 
 setup_venv() {
+    # The locks (requirements.txt: runtime; requirements-dev.txt: + test and
+    # bench) pin every package with its hashes; the project itself goes in
+    # editable, without dependencies, for its operator commands (orders-*).
     local stamp="$VENV/.requirements"
-    if [[ -f "$stamp" ]] && cmp -s requirements.txt "$stamp"; then
+    if [[ -f "$stamp" ]] && cat requirements.txt requirements-dev.txt pyproject.toml | cmp -s - "$stamp"; then
         return
     fi
-    say "==> installing requirements into $VENV"
+    say "==> installing the locked requirements into $VENV"
     [[ -x "$PY" ]] || python3 -m venv "$VENV"
-    "$PY" -m pip install --quiet --disable-pip-version-check 'pip>=23' 'setuptools<81'
-    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
-    cp requirements.txt "$stamp"
+    "$PY" -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    cat requirements.txt requirements-dev.txt pyproject.toml > "$stamp"
 }
 
 broker_reachable() {
@@ -94,6 +97,22 @@ ensure_dev_key() {
     "$PY" -m scripts.token --ensure-key --key "$DEV_JWT_KEY" >/dev/null
 }
 
+ensure_deploy_tools() {
+    # tests/deploy builds the image and runs compose with Debian's podman (runc,
+    # not crun) on a base made by debootstrap. kubectl is not packaged by Debian:
+    # without it the Kubernetes tests are skipped, saying so.
+    local missing=()
+    for tool in podman runc debootstrap; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+    [[ ${#missing[@]} -eq 0 ]] && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "==> installing ${missing[*]} (apt-get) for the image and compose tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; } \
+            >/dev/null 2>&1 || say "warning: installing ${missing[*]} failed; the image and compose tests will fail"
+    else
+        say "warning: ${missing[*]} missing; the image and compose tests will fail"
+    fi
+}
+
 migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
 
 run_services() {
@@ -131,7 +150,7 @@ case "$cmd" in
     token)
         setup_venv; ensure_dev_key; exec "$PY" -m scripts.token --key "$DEV_JWT_KEY" "$@" ;;
     test)
-        setup_venv; ensure_broker; ensure_management
+        setup_venv; ensure_broker; ensure_management; ensure_deploy_tools
         exec "$PY" -m pytest "$@" ;;
     migrate)
         setup_venv; migrate ;;

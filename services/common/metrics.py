@@ -129,7 +129,7 @@ class Metrics(DependencyProvider):
         app = self._wsgi_app(make_wsgi_app(self.registry))
         self._server = self.container.spawn_managed_thread(
             lambda: eventlet.wsgi.server(self._socket, app, log_output=False))
-        log.info("metrics: serving Prometheus metrics on port %s", port)
+        log.info("metrics: serving Prometheus metrics, /health and /ready on port %s", port)
 
     def _wsgi_app(self, metrics_app):
         """``/health`` and ``/ready`` (broker and own database), everything else to prometheus_client."""
