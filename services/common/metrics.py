@@ -142,7 +142,8 @@ class Metrics(DependencyProvider):
                 checks = {"broker": check_broker(self.amqp_uri, timeout)}
                 if self.engine is not None:
                     checks["database"] = check_database(self.engine.connect, timeout)
-                return json_wsgi(*readiness(checks), start_response)
+                status, body = readiness(checks)
+                return json_wsgi(status, dict(body, service=self.container.service_name), start_response)
             return metrics_app(environ, start_response)
         return app
 

@@ -14,6 +14,7 @@ later runs reuse both: about 6 s of build (the project layer) plus about
 13 s from compose up to every service ready, 35-40 s for the module.
 """
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import requests
 import yaml
 
 from scripts.throwaway import drop_database, pg_admin
+from scripts.token import mint
 from tests.conftest import PG_ADMIN_DSN, PG_URI_TEMPLATE
 from tests.helpers import eventually, free_port
 
@@ -34,6 +36,10 @@ pytestmark = pytest.mark.slow
 ROOT = pm.ROOT
 COMPOSE = [sys.executable, "-m", "podman_compose"]
 SERVICES = ("orders", "inventory", "notifications")
+# the compose system trusts a development HS256 secret; the customer's token is signed with it
+JWT_SECRET = secrets.token_hex(32)
+CUSTOMER = {"Authorization": "Bearer " + mint(JWT_SECRET, "cora.compose@example.com", issuer="urn:orders:compose-test",
+                                                audience="orders-api", algorithm="HS256")}
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +82,11 @@ def stack(image, rabbit_config, tmp_path):
     databases = {service: "test_compose_{}_{}".format(service, uuid.uuid4().hex[:8]) for service in SERVICES}
     for name in databases.values():
         pg_admin(PG_ADMIN_DSN, "CREATE DATABASE {}".format(name))  # empty: compose migrates them
-    ports = {"http": free_port(), "inventory": free_port(), "notifications": free_port()}
+    ports = {"http": free_port(), "orders": free_port(), "inventory": free_port(), "notifications": free_port()}
     env = dict(os.environ, CONTAINERS_CONF=pm.CONTAINERS_CONF, IMAGE=image,
                TEST_AMQP_URI=rabbit_config["AMQP_URI"],
-               TEST_HTTP_PORT=str(ports["http"]), TEST_INVENTORY_PORT=str(ports["inventory"]),
+               TEST_HTTP_PORT=str(ports["http"]), TEST_ORDERS_METRICS_PORT=str(ports["orders"]),
+               TEST_JWT_SECRET=JWT_SECRET, TEST_INVENTORY_PORT=str(ports["inventory"]),
                TEST_NOTIFICATIONS_PORT=str(ports["notifications"]),
                **{"TEST_{}_DB_URI".format(service.upper()): PG_URI_TEMPLATE.format(name)
                   for service, name in databases.items()})
@@ -134,14 +141,14 @@ def test_compose_system_takes_an_order_over_the_published_port_and_notifies(stac
     assert seeded.returncode == 0, seeded
 
     def place():  # 400 (unknown sku) until orders has its copy of the catalogue
-        response = requests.post(stack.url + "/orders", timeout=10, json={
+        response = requests.post(stack.url + "/orders", headers=CUSTOMER, timeout=10, json={
             "customer_email": "cora.compose@example.com", "lines": [{"sku": "WIDGET-1", "quantity": 2}]})
         assert response.status_code in (202, 400), response.text
         return response if response.status_code == 202 else None
     order_id = eventually(place, timeout=30, message="order accepted").json()["id"]
 
     def confirmed():
-        order = requests.get(stack.url + "/orders/" + order_id, timeout=5).json()
+        order = requests.get(stack.url + "/orders/" + order_id, headers=CUSTOMER, timeout=5).json()
         return order["status"] == "confirmed"
     eventually(confirmed, timeout=60, message="order confirmed")
 

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from services.inventory import domain
+from tests import tokens
 from tests.helpers import eventually
 
 
@@ -28,6 +29,7 @@ def service_config(service_config, queue_type):
 
 def place(service_config, email, sku):
     response = requests.post("http://{}/orders".format(service_config["WEB_SERVER_ADDRESS"]), timeout=10,
+                             headers=tokens.customer(email),
                              json={"customer_email": email, "lines": [{"sku": sku, "quantity": 1}]})
     assert response.status_code == 202, response.text
     return response.json()["id"]
