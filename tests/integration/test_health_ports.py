@@ -20,5 +20,5 @@ def test_health_and_ready_on_the_metrics_port(runner_factory, service_config):
         assert (health.status_code, health.json()) == (200, {"status": "ok", "service": service})
         ready = requests.get(base + "/ready", timeout=5)
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"status": "ready", "checks": {"broker": "ok", "database": "ok"}}
+        assert ready.json() == {"status": "ready", "service": service, "checks": {"broker": "ok", "database": "ok"}}
         assert "nameko_entrypoint_calls" in requests.get(base + "/metrics", timeout=5).text
