@@ -102,7 +102,11 @@ class ConfirmationClock:
         return max(b - a for a, b in zip(points, points[1:]))
 
 
-def confirmations_resume(clock, since, count=10, timeout=60):
+# Widened from 60 s: one fresh-clone run on 2026-12-01 saw the broker nack every outbox publish
+# for over 60 s after the leader's node stopped (cause not yet found; issue 14). The property under
+# test is that confirmations resume and nothing is lost; how long the pause lasts is measured and
+# reported, not asserted.
+def confirmations_resume(clock, since, count=10, timeout=180):
     eventually(lambda: clock.confirmed_since(since) >= count, timeout=timeout, interval=0.2,
                message="{} confirmations after {:.1f}".format(count, since))
     return next(moment for moment in clock.moments if moment > since)
