@@ -15,7 +15,7 @@ that for any customer and write the catalogue. Catalogue reads, /health,
 from urllib.parse import quote
 
 from services.common.errors import NotFound
-from services.common.health import check_broker, check_database, readiness
+from services.common.health import DEFAULT_READY_TIMEOUT, check_broker, check_database, readiness
 from services.common.http import Forbidden, http, json_response, read_headers, read_json, read_query
 from services.common.validation import order_id_or_none
 
@@ -34,13 +34,13 @@ product_schema = ProductSchema()
 empty_query_schema = EmptyQuerySchema()
 idempotency_header_schema = IdempotencyHeaderSchema()
 
-DEFAULT_READY_TIMEOUT = 1.0  # also services.common.health's
 DEFAULT_ORDER_RATE_LIMIT = 30
 DEFAULT_ANONYMOUS_RATE_LIMIT = 30
 DEFAULT_RATE_LIMIT_WINDOW = 60
 
 
-def _not_found(order_id):
+def order_not_found(order_id):
+    """The one answer for a missing order and for another customer's (which must not be revealed)."""
     return NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
 
 
@@ -129,7 +129,7 @@ class HttpApi:
         read_query(request, empty_query_schema)
         order = self.read_order(self._known_order_id(order_id))
         if not self._owns(identity, order):
-            raise _not_found(order["id"])  # the same answer as for no order at all
+            raise order_not_found(order["id"])  # the same answer as for no order at all
         return order
 
     @http("POST", "/orders/<string:order_id>/cancel")

@@ -31,7 +31,7 @@ from services.common.tracing import Tracer
 from services.common.validation import order_id_or_none
 
 from . import domain, ratelimit
-from .api import DEFAULT_RATE_LIMIT_WINDOW, HttpApi
+from .api import DEFAULT_RATE_LIMIT_WINDOW, HttpApi, order_not_found
 from .auth import normalise_email
 from .models import (
     CatalogueItem,
@@ -310,7 +310,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         with self.db.get_session() as session:
             row = self._lock_order(session, order_id)
             if row is None or (owner is not None and normalise_email(row.customer_email) != owner):
-                raise _not_found(order_id)
+                raise order_not_found(order_id)
             try:
                 domain.transition(row.status, status)
             except domain.IllegalTransition as exc:
@@ -349,7 +349,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     def _order(self, session, order_id):
         order = session.scalars(select(Order).where(Order.id == str(order_id))).first()
         if order is None:
-            raise _not_found(order_id)
+            raise order_not_found(order_id)
         return order
 
     # inventory's answers ------------------------------------------------------
@@ -411,10 +411,5 @@ def _known_order_id(order_id):
     return known
 
 
-def _not_found(order_id):
-    return NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
-
-
 def _log_placed(order):
     log.info("order %s placed (%d lines, total %d)", order["id"], len(order["lines"]), order["total"])
-
