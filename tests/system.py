@@ -39,13 +39,14 @@ class System:
 
     # processes -------------------------------------------------------------------
 
-    def start(self, *services, instance=1, wait=True):
+    def start(self, *services, instance=1, wait=True, env=None):
+        """Start processes; ``env`` adds variables for these processes only."""
         for service in services or CLASSES:
             log = open(os.path.join(self.log_dir, "{}.{}.log".format(service, instance)), "ab")
             self.processes[service, instance] = subprocess.Popen(
                 [NAMEKO, "run", "--config", os.path.join(ROOT, "config.yaml"),
                  "services.{}.service:{}".format(service, CLASSES[service])],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                cwd=ROOT, env=dict(self.env, **(env or {})), stdout=log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(*(services or CLASSES))
         return self

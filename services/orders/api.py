@@ -72,7 +72,11 @@ class HttpApi:
         limit = int(self.config.get(limit_key) if self.config.get(limit_key) is not None else default_limit)
         window = int(self.config.get("RATE_LIMIT_WINDOW") or DEFAULT_RATE_LIMIT_WINDOW)
         with self.db.get_session() as session:
-            ratelimit.hit(session, bucket, limit, window)
+            try:
+                ratelimit.hit(session, bucket, limit, window)
+            except ratelimit.TooManyRequests:
+                session.commit()  # a refused attempt counts too: hammering does not reset the window
+                raise
 
     @staticmethod
     def _owns(identity, order):

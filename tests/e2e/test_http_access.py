@@ -12,7 +12,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests import tokens
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 WRITES = (("POST", "/products", {"sku": "NEW-1", "name": "New", "price": 100}),
           ("POST", "/products/ACC-1/restock", {"quantity": 5}),
@@ -197,7 +197,12 @@ def _place_order_traces(system, instance):
 def test_rate_limits_hold_across_two_orders_processes_sharing_one_database(system):
     # one window for the whole test (a window boundary mid-test would reset the count)
     start(system, ORDER_RATE_LIMIT="4", ANONYMOUS_RATE_LIMIT="3", RATE_LIMIT_WINDOW="3600")
-    system.start("orders", instance=2)  # the same HTTP port (SO_REUSEPORT), the same database
+    # the same HTTP port (SO_REUSEPORT), the same database; a metrics port of its own, so
+    # the test can wait until it serves (until then the kernel gives instance 1 every connection)
+    metrics_port = free_port()
+    system.start("orders", instance=2, env={"ORDERS_METRICS_PORT": str(metrics_port)})
+    eventually(lambda: requests.get("http://127.0.0.1:{}/health".format(metrics_port), timeout=1).ok,
+               timeout=60)
     ann = tokens.customer(ANN)
     answers = []
     # each request on a new connection: the kernel spreads them over both processes

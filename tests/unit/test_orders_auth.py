@@ -259,6 +259,10 @@ def test_posting_orders_beyond_the_limit_is_429_with_retry_after(orders):
     with pytest.raises(ratelimit.TooManyRequests) as limited:
         place(orders, ANN)
     assert limited.value.status == 429 and 1 <= int(limited.value.headers["Retry-After"]) <= 60
+    with pytest.raises(ratelimit.TooManyRequests):
+        place(orders, ANN)
+    with orders.db.get_session() as session:  # refused attempts are counted, not rolled back
+        assert session.scalars(select(RateLimitCounter.count)).all() == [4]
     place(orders, BOB)  # another customer has their own budget
     anonymous = request("POST", "/orders", None, {"customer_email": ANN, "lines": [{"sku": "A", "quantity": 1}]})
     with pytest.raises(Unauthorized):
