@@ -8,7 +8,7 @@ original queue: every message in one of them waits the same time, so none is
 held behind a longer one); a message that fails ``MAX_DELIVERY_ATTEMPTS``
 times, or is malformed, goes to the service's dead-letter queue with the
 reason, to be listed and replayed later. A failure that means the database
-is unavailable (see ``is_outage``) is not the message's fault: it is retried
+is unavailable (see ``errors.is_unavailable``) is not the message's fault: it is retried
 at the capped backoff for as long as the outage lasts, and never
 dead-lettered for it; a value the database refuses (a data error) is the
 message's fault and is dead-lettered after the bounded attempts.
@@ -151,24 +151,6 @@ def delivery_attempt(headers, max_attempts):
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return min(value, max_attempts), None
     return max_attempts, "invalid {} header {!r}".format(ATTEMPT_HEADER, value)[:200]
-
-
-DATA_ERROR_CLASSES = ("22", "23", "54")
-
-
-def is_outage(exc):
-    """True when a failure means "the database (or a service) is not there", not "this message is bad".
-
-    ``errors.is_unavailable`` decides, with one refinement: a driver error
-    that PostgreSQL classed as data (SQLSTATE class 22), integrity (23) or
-    a program limit (54: a value too large for an index, too many columns)
-    is about the value, however the driver wrapped it (psycopg2 raises class
-    54 as OperationalError).
-    """
-    if not is_unavailable(exc):
-        return False
-    sqlstate = getattr(getattr(exc, "orig", None), "pgcode", None) or ""
-    return not sqlstate.startswith(DATA_ERROR_CLASSES)
 
 
 def error_summary(exc):
@@ -355,7 +337,7 @@ class ReliableEventHandler(EventHandler):
         permanent = isinstance(exc, MalformedMessage)
         # A database that is down fails every attempt through no fault of the
         # message: keep retrying at the capped backoff instead of dead-lettering.
-        waiting = is_outage(exc)
+        waiting = is_unavailable(exc)
         if not permanent and (attempt < self.max_attempts or waiting):
             step = len(self.retry_delays) if waiting else min(attempt, len(self.retry_delays))
             target = self.retry_queues[step - 1]

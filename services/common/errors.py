@@ -73,17 +73,28 @@ def validation_error(exc, message="The request is not valid."):
     return InvalidInput(message, details=details)
 
 
+DATA_ERROR_CLASSES = ("22", "23", "54")  # SQLSTATE classes that blame the value
+
+
 def is_unavailable(exc):
     """True for errors that mean "a dependency is down or busy", not "a bug".
 
     A database that cannot be reached, dropped the connection or is locked
     (SQLAlchemy's OperationalError, a disconnect, an exhausted pool) will
     likely work again soon: callers get 503 and consumers keep retrying,
-    instead of a 500 or a dead letter.
+    instead of a 500 or a dead letter. A driver error that PostgreSQL
+    classed as data (SQLSTATE class 22), integrity (23) or a program limit
+    (54: a value too large for an index) is about the value, however the
+    driver wrapped it (psycopg2 raises class 54 as OperationalError): not
+    an outage.
     """
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, (ServiceUnavailable, sa_exc.OperationalError, sa_exc.DisconnectionError,
-                        sa_exc.TimeoutError)):
+    if isinstance(exc, ServiceUnavailable):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "pgcode", None) or ""
+    if sqlstate.startswith(DATA_ERROR_CLASSES):
+        return False
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.TimeoutError)):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)

@@ -21,6 +21,9 @@ def test_what_counts_as_unavailable():
     assert not is_unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_unavailable(NotFound("no such order"))
     assert not is_unavailable(ValueError("bug"))
+    # a value too big for an index, raised by psycopg2 as OperationalError: the value's fault,
+    # so HTTP and RPC callers are not told to try again (one rule for consumers, RPC and HTTP)
+    assert not is_unavailable(OperationalError("INSERT", {}, _DriverError("index row size", "54000")))
 
 
 def test_a_database_error_reaches_the_client_as_json_503_with_retry_after():
