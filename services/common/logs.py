@@ -63,3 +63,22 @@ def formatter(kind="text", fmt=TEXT_FORMAT):
     if kind == "text":
         return logging.Formatter(fmt)
     raise ValueError("LOG_FORMAT must be one of {}, not {!r}".format(", ".join(KINDS), kind))
+
+
+class ExpectedErrors(logging.Filter):
+    """nameko's line for an expected error (a 404, a 401, a refused value) as one INFO line.
+
+    nameko 2.14 logs every exception an entrypoint declares as expected at
+    WARNING with a whole traceback: a client's typo fills the log like a
+    fault, and the traceback's frames carry the request's values. The trace
+    line already records the outcome; this keeps the one-line message and
+    drops the traceback. Unexpected errors are left as they are.
+    """
+
+    PREFIX = "(expected) error handling worker"
+
+    def filter(self, record):
+        if record.name == "nameko.containers" and str(record.msg).startswith(self.PREFIX):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True

@@ -62,3 +62,19 @@ def test_an_unknown_log_format_is_refused_by_name(configure_logging):
         configure_logging("xml")
     # logging.config wraps it; the cause (printed with the traceback) names the setting
     assert "LOG_FORMAT must be one of text, json, not 'xml'" in str(refused.value.__cause__)
+
+
+def test_an_expected_error_is_one_info_line_without_its_traceback(configure_logging, capsys):
+    configure_logging("text")
+    containers = logging.getLogger("nameko.containers")
+    try:
+        raise LookupError("No order 123 for ann@example.com")
+    except LookupError as exc:
+        containers.warning("(expected) error handling worker %s: %s", "<worker>", exc, exc_info=True)
+        containers.exception("error handling worker %s: %s", "<worker>", exc)
+    out, _ = capsys.readouterr()
+    expected, unexpected = out.split("\n", 1)
+    assert " INFO nameko.containers " in expected and "(expected) error" in expected
+    assert "Traceback" not in expected and "a***@example.com" in expected
+    # an error nobody declared keeps its level and traceback
+    assert " ERROR nameko.containers " in unexpected and "Traceback" in unexpected
