@@ -137,8 +137,15 @@ def configure(service_name, config=None):
     return trace.get_tracer_provider()
 
 
+_tracers = {}  # provider -> tracer: getting one costs more than a span
+
+
 def tracer():
-    return trace.get_tracer(INSTRUMENTATION)
+    provider = trace.get_tracer_provider()
+    found = _tracers.get(id(provider))
+    if found is None or found[0] is not provider:
+        found = _tracers[id(provider)] = (provider, provider.get_tracer(INSTRUMENTATION))
+    return found[1]
 
 
 # entrypoints --------------------------------------------------------------------
