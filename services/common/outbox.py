@@ -46,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
+from . import telemetry
 from .correlation import CONTEXT_KEY
 from .db import database_uri, make_engine
 from .events import as_utc, new_event, utcnow
@@ -87,11 +88,20 @@ class OutboxMixin:
     event_type = Column(String(100), nullable=False)
     body = Column(JSON, nullable=False)
     correlation_id = Column(String(64), nullable=True)
+    # W3C trace context of the transaction that wrote the row (telemetry.py)
+    traceparent = Column(String(telemetry.MAX_TRACEPARENT), nullable=True)
     created_at = Column(DateTime(timezone=True), nullable=False, default=utcnow, index=True)
     published_at = Column(DateTime(timezone=True), nullable=True, index=True)
 
 
-def _headers(correlation_id):
+def _context(context):
+    """A staged event's ``(correlation id, traceparent)``; a bare correlation id (or None) has no trace."""
+    return context if isinstance(context, tuple) else (context, None)
+
+
+def _headers(context):
+    """Nameko's correlation header from a row's (correlation id, traceparent)."""
+    correlation_id = _context(context)[0]
     return {"nameko." + CONTEXT_KEY: correlation_id} if correlation_id else {}
 
 
@@ -231,12 +241,13 @@ class OutboxWriter:
         """Stage an event in ``session``; it is published once that commits."""
         body = new_event(self._provider.container.service_name, event_type, data)
         correlation_id = self._worker_ctx.data.get(CONTEXT_KEY)
+        traceparent = telemetry.current_traceparent(session)
         # a Core INSERT in the caller's transaction: as atomic as an ORM
         # object, without a unit-of-work flush for a row nobody reads back
         session.connection().execute(self._provider.insert_row, {
             "event_id": body["id"], "event_type": event_type, "body": body,
-            "correlation_id": correlation_id, "created_at": utcnow()})
-        self._provider.publish_after_commit(session, (event_type, body, correlation_id))
+            "correlation_id": correlation_id, "traceparent": traceparent, "created_at": utcnow()})
+        self._provider.publish_after_commit(session, (event_type, body, (correlation_id, traceparent)))
         return body
 
     def waiting(self, limit=100):
@@ -368,14 +379,18 @@ class Outbox(DependencyProvider):
     def _publish(self, batch):
         """Publish ``batch``; return the ids of the events the broker confirmed and some queue took."""
         with self._publishing:
+            spans = telemetry.PublishSpans([(body["id"], event_type, self.exchange.name, _context(context)[1])
+                                            for event_type, body, context in batch])
             try:
                 confirmed = self.publisher.publish(
-                    [(event_type, body, _headers(correlation_id)) for event_type, body, correlation_id in batch])
+                    [(event_type, body, dict(_headers(context), **spans.headers(body["id"])))
+                     for event_type, body, context in batch])
                 returned = self.publisher.returned
             except PublishFailed as exc:  # the relay will send the rest later
                 log.warning("outbox: publishing %d event(s) failed, %d confirmed, the rest left for the relay: %s",
                             len(batch), len(exc.confirmed), exc)
                 confirmed, returned = exc.confirmed, exc.returned
+            spans.end(confirmed)
         return confirmed + self._note_routing(batch, confirmed, returned)
 
     def _note_routing(self, batch, confirmed, returned):
@@ -457,7 +472,7 @@ class Outbox(DependencyProvider):
         now = time.monotonic()
         # types that reached no queue wait out their backoff: retried, not hot
         backing_off = [event_type for event_type, state in list(self.unroutable.items()) if state.next_try > now]
-        query = (select(self.model.event_type, self.model.body, self.model.correlation_id)
+        query = (select(self.model.event_type, self.model.body, self.model.correlation_id, self.model.traceparent)
                  .where(self.model.published_at.is_(None), self.model.created_at <= cutoff))
         if backing_off:
             query = query.where(self.model.event_type.not_in(backing_off))
@@ -467,7 +482,8 @@ class Outbox(DependencyProvider):
         rows = [row for row in rows if row.body["id"] not in self._inflight]
         if rows:
             log.info("outbox relay: publishing %d unsent events", len(rows))
-            self._mark_sent(self._publish([tuple(row) for row in rows]))
+            self._mark_sent(self._publish([(row.event_type, row.body, (row.correlation_id, row.traceparent))
+                                           for row in rows]))
         if time.monotonic() - self._forgotten_at >= FORGET_INTERVAL:
             self._forget_old()
             self._forgotten_at = time.monotonic()

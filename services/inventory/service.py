@@ -20,6 +20,7 @@ from services.common.outbox import Outbox
 from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.telemetry import Telemetry
 from services.common.tracing import Tracer
 from services.common.validation import MAX_ORDER_ID, MAX_STOCK, is_sku, storable
 
@@ -67,6 +68,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     outbox = Outbox(InventoryBase, OutboxMessage, optional=("stock_released",))
     correlation_id = CorrelationId()
     tracer = Tracer()
+    telemetry = Telemetry()
     metrics = Metrics(InventoryBase, outbox=OutboxMessage, counts=[(
         "inventory_reservations_by_status",
         "Reservation decisions by status: reserved, rejected, released, cancelled.",

@@ -25,6 +25,7 @@ from services.common.metrics import Metrics
 from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.telemetry import Telemetry
 from services.common.tracing import Tracer
 from services.common.validation import normalise_email
 
@@ -77,6 +78,7 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     sender = Sender(NotificationsBase)
     correlation_id = CorrelationId()
     tracer = Tracer()
+    telemetry = Telemetry()
     metrics = Metrics(NotificationsBase, counts=[
         ("notifications_by_status", "Notifications by status.", Notification.status)])
     shutdown = GracefulShutdown()

@@ -27,6 +27,7 @@ from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
+from services.common.telemetry import Telemetry
 from services.common.tracing import Tracer
 from services.common.validation import order_id_or_none
 
@@ -92,6 +93,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     inventory = TimedRpcProxy("inventory")
     correlation_id = CorrelationId()
     tracer = Tracer()
+    telemetry = Telemetry()
     metrics = Metrics(OrdersBase, outbox=OutboxMessage,
                       counts=[("orders_by_status", "Orders by status.", Order.status)])
     shutdown = GracefulShutdown()

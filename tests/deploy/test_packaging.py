@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMMANDS = {"orders-migrate", "orders-seed", "orders-wait-ready", "orders-dlq", "orders-trace"}
+COMMANDS = {"orders-migrate", "orders-seed", "orders-wait-ready", "orders-dlq", "orders-trace", "orders-token"}
 
 
 def read_lock(name):

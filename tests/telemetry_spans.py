@@ -1,0 +1,31 @@
+"""The SDK's in-memory exporter on this process's tracer provider, for in-process telemetry tests.
+
+The tracer provider is global and can be set once per process: if a service
+container already installed one (``telemetry.configure``), the exporter is
+added to it, otherwise a provider is installed first.
+"""
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+_exporter = None
+
+
+def memory_exporter():
+    global _exporter
+    if _exporter is None:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            trace.set_tracer_provider(TracerProvider())
+            provider = trace.get_tracer_provider()
+        _exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+    _exporter.clear()
+    return _exporter
+
+
+def hex_ids(span):
+    """``(trace id, span id, parent span id or None)`` of a finished span, as hex."""
+    parent = format(span.parent.span_id, "016x") if span.parent is not None else None
+    return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"), parent
