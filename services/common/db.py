@@ -58,7 +58,9 @@ SQLITE_LOCK_WAIT = 30.0
 SQLITE_RETRY_FIRST, SQLITE_RETRY_MAX = 0.0005, 0.01  # seconds between tries
 
 
-POOL_OVERFLOW = 2  # connections beyond the reserved ones, for the rare user holding two at once
+POOL_SIZE_KEY = "DB_POOL_SIZE"  # connections a process keeps per database server (see SharedEngine.pool_size)
+DEFAULT_POOL_SIZE = 8
+POOL_OVERFLOW = 2  # SQLite only: connections beyond the reserved ones, for the rare user holding two at once
 POOL_TIMEOUT = 10  # seconds a user waits for a pooled connection before the pool gives up (a 503)
 
 
@@ -249,17 +251,18 @@ class SharedEngine:
     Each now reserves the connections it can use at once, during
     ``setup``; the engine is made on first use, after every provider of the
     process has reserved (nameko sets up every extension before starting
-    any), with a pool of the sum of the reservations plus
-    ``POOL_OVERFLOW``. That sum is the process's connection budget
+    any), with a pool of the sum of the reservations (at most
+    ``DB_POOL_SIZE`` on a database server) plus ``POOL_OVERFLOW``. That sum is the process's connection budget
     (docs/operations.md). The last release disposes the engine.
 
     An SQLite file also gets its ``WalCheckpointer`` here, started before the
     first connection is made, so every connection skips checkpoints.
     """
 
-    def __init__(self, uri, application_name=None):
+    def __init__(self, uri, application_name=None, max_pool_size=None):
         self.uri = uri
         self.application_name = application_name
+        self.max_pool_size = max_pool_size
         self.reservations = []  # ints, or callables read when the engine is made
         self.users = 0
         self._engine = None
@@ -267,7 +270,24 @@ class SharedEngine:
 
     @property
     def pool_size(self):
-        return sum(int(r() if callable(r) else r) for r in self.reservations)
+        """The reservations' sum; on a database server, at most ``max_pool_size`` (``DB_POOL_SIZE``).
+
+        Workers spend most of their time outside a transaction (parsing,
+        RPC, publishing), and a 2-core server runs only a few statements at
+        once, so a pool smaller than the worker pool costs little: a user
+        finding every connection busy waits for one (a green wait, no new
+        connection). Many processes' pools must fit in ``max_connections``.
+        SQLite files have no server and keep a connection per user.
+        """
+        reserved = sum(int(r() if callable(r) else r) for r in self.reservations)
+        if self.max_pool_size and sqlite_file(self.uri) is None and not self.uri.startswith("sqlite"):
+            return min(reserved, self.max_pool_size)
+        return reserved
+
+    @property
+    def overflow(self):
+        """No overflow on a database server: overflow connections are closed on return, i.e. churn under load."""
+        return POOL_OVERFLOW if self.uri.startswith("sqlite") else 0
 
     @property
     def engine(self):
@@ -275,7 +295,7 @@ class SharedEngine:
             path = sqlite_file(self.uri)
             if path is not None and path not in _checkpointed:
                 self.checkpointer = WalCheckpointer(path).start()
-            self._engine = make_engine(self.uri, max(1, self.pool_size), overflow=POOL_OVERFLOW,
+            self._engine = make_engine(self.uri, max(1, self.pool_size), overflow=self.overflow,
                                        application_name=self.application_name)
         return self._engine
 
@@ -333,7 +353,8 @@ def shared_engine(container, base_name, connections):
     key = (uri, service_name)
     shared = _shared.get(key)
     if shared is None:
-        shared = _shared[key] = SharedEngine(uri, application_name=service_name)
+        max_pool_size = int(container.config.get(POOL_SIZE_KEY) or DEFAULT_POOL_SIZE)
+        shared = _shared[key] = SharedEngine(uri, application_name=service_name, max_pool_size=max_pool_size)
     shared.reservations.append(connections)
     shared.users += 1
     return Reservation(shared)

@@ -445,6 +445,10 @@ class Outbox(DependencyProvider):
             return
         try:
             with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # A lost mark only sends the events again (consumers dedupe), so this
+                    # commit need not wait for the WAL flush; order writes always do.
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 connection.execute(self.mark_sent, {"event_ids": list(event_ids), "now": utcnow()})
         except Exception as exc:  # published twice at worst; consumers dedupe
             log.warning("outbox: marking %d events sent failed: %s", len(event_ids), exc)
