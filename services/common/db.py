@@ -1,11 +1,11 @@
 """Each service's own database, through nameko-sqlalchemy.
 
-nameko-sqlalchemy never reads engine options from config, so this subclass
-sets the ones that matter here: a pool at least as large as the worker pool
-(a connection per concurrent worker, no churn), a ping of connections
-that sat idle so a restarted PostgreSQL is survived without a service
-restart, and for SQLite the WAL
-journal and a busy timeout so readers never block the writer.
+nameko-sqlalchemy never reads engine options from config, so this module
+sets the ones that matter here: one pool per database per process, shared
+by every part of the service (``SharedEngine``), that never closes and
+reopens connections under load; a ping of connections that sat idle, so a
+restarted PostgreSQL is survived without a service restart; and for SQLite
+the WAL journal and a busy timeout so readers never block the writer.
 
 SQLite also gets its WAL checkpoints moved off the event loop. By default
 the connection whose commit fills the WAL past 1,000 pages copies it into
@@ -251,8 +251,8 @@ class SharedEngine:
     Each now reserves the connections it can use at once, during
     ``setup``; the engine is made on first use, after every provider of the
     process has reserved (nameko sets up every extension before starting
-    any), with a pool of the sum of the reservations (at most
-    ``DB_POOL_SIZE`` on a database server) plus ``POOL_OVERFLOW``. That sum is the process's connection budget
+    any), with a pool of the sum of the reservations, at most
+    ``DB_POOL_SIZE`` on a database server: the process's connection budget
     (docs/operations.md). The last release disposes the engine.
 
     An SQLite file also gets its ``WalCheckpointer`` here, started before the
@@ -280,7 +280,7 @@ class SharedEngine:
         SQLite files have no server and keep a connection per user.
         """
         reserved = sum(int(r() if callable(r) else r) for r in self.reservations)
-        if self.max_pool_size and sqlite_file(self.uri) is None and not self.uri.startswith("sqlite"):
+        if self.max_pool_size and not self.uri.startswith("sqlite"):
             return min(reserved, self.max_pool_size)
         return reserved
 
