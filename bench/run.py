@@ -363,7 +363,8 @@ def completion_figures(found, ids):
     }
 
 
-def run_system(args, work, instances):
+def run_system(args, work, instances, db=None):
+    db = db or args.db
     from tests import tokens
     from tests.system import System
 
@@ -373,7 +374,7 @@ def run_system(args, work, instances):
     order_bodies(body_file)
     results = []
     db_dir = tempfile.mkdtemp(prefix="db-", dir=work)
-    with Vhost() as vhost, Databases(args.db, db_dir) as databases:
+    with Vhost() as vhost, Databases(db, db_dir) as databases:
         config = load_config(os.path.join(ROOT, "config.yaml"))
         config.pop("LOGGING", None)
         config["AMQP_URI"] = vhost.amqp_uri
@@ -433,7 +434,7 @@ def run_system(args, work, instances):
         finally:
             completion.dispose()
             system.stop_all()
-    return {"instances": instances, "levels": results,
+    return {"db": db, "instances": instances, "levels": results,
             "stock": {"on_hand": on_hand, "reserved": reserved}, "orders_completed": sold}
 
 
@@ -495,7 +496,7 @@ def table(report):
             e["http"]["error_count"]))
     for run in report["system"]:
         lines += ["", "system, {} ({}x per service): best {:.0f} completed/s = {:.2f} of baseline".format(
-            report["db"], run["instances"], run["best_completed_per_s"], run["ratio_to_baseline"] or 0),
+            run.get("db", report["db"]), run["instances"], run["best_completed_per_s"], run["ratio_to_baseline"] or 0),
             "{:<8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>6} {:>6}  {}".format(
                 "level", "accept/s", "compl/s", "p50", "p95", "p99", "conf p50", "conf p99", "notif p99",
                 "errors", "ratio", "max RSS MB (orders/inv/notif)")]
@@ -594,7 +595,8 @@ def chart(report, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter levels (about 1-2 minutes)")
-    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--db", default="sqlite", type=_databases,
+                        help="sqlite, postgresql, or both (sqlite,postgresql) against one baseline")
     parser.add_argument("--instances", default=None, help="processes per service to run, e.g. 1,2")
     parser.add_argument("--duration", type=float, default=None, help="seconds per level")
     parser.add_argument("--concurrency", default=None, help="closed-loop levels, e.g. 8,32,64")
@@ -626,14 +628,15 @@ def main(argv=None):
         say("==> baseline")
         report["baseline"] = [] if args.skip_baseline else run_baseline(args, work)
         report["system"] = []
-        for instances in [int(n) for n in args.instances.split(",")]:
-            say("==> system on {}, {} process(es) per service".format(args.db, instances))
-            try:
-                report["system"].append(run_system(args, work, instances))
-            except Exception as exc:  # keep the figures of the phases that worked
-                say("system phase with {} process(es) per service failed: {}".format(instances, exc))
-                report.setdefault("failed", []).append(
-                    {"instances": instances, "error": "{}: {}".format(type(exc).__name__, exc)[:2000]})
+        for db in args.db.split(","):  # several databases share one baseline: compare them in one run
+            for instances in [int(n) for n in args.instances.split(",")]:
+                say("==> system on {}, {} process(es) per service".format(db, instances))
+                try:
+                    report["system"].append(run_system(args, work, instances, db))
+                except Exception as exc:  # keep the figures of the phases that worked
+                    say("system phase on {} with {} process(es) per service failed: {}".format(db, instances, exc))
+                    report.setdefault("failed", []).append(
+                        {"db": db, "instances": instances, "error": "{}: {}".format(type(exc).__name__, exc)[:2000]})
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
@@ -652,6 +655,13 @@ def main(argv=None):
         print("\nsystem with {} process(es) per service FAILED: {}".format(
             failure["instances"], failure["error"][:300]))
     print("\nwritten: {}\n         {}\n(total {:.0f} s)".format(json_path, png_path, report["wall_s"]))
+
+
+def _databases(value):
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names or not set(names) <= {"sqlite", "postgresql"}:
+        raise argparse.ArgumentTypeError("sqlite, postgresql or sqlite,postgresql")
+    return ",".join(names)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Each service's own database, through nameko-sqlalchemy.
 
-nameko-sqlalchemy never reads engine options from config, so this subclass
-sets the ones that matter here: a pool at least as large as the worker pool
-(a connection per concurrent worker, no churn), pre-ping so a restarted
-PostgreSQL is survived without a service restart, and for SQLite the WAL
-journal and a busy timeout so readers never block the writer.
+nameko-sqlalchemy never reads engine options from config, so this module
+sets the ones that matter here: one pool per database per process, shared
+by every part of the service (``SharedEngine``), that never closes and
+reopens connections under load; a ping of connections that sat idle, so a
+restarted PostgreSQL is survived without a service restart; and for SQLite
+the WAL journal and a busy timeout so readers never block the writer.
 
 SQLite also gets its WAL checkpoints moved off the event loop. By default
 the connection whose commit fills the WAL past 1,000 pages copies it into
@@ -57,15 +58,25 @@ SQLITE_LOCK_WAIT = 30.0
 SQLITE_RETRY_FIRST, SQLITE_RETRY_MAX = 0.0005, 0.01  # seconds between tries
 
 
-def engine_options(uri, max_workers=10):
+POOL_SIZE_KEY = "DB_POOL_SIZE"  # connections a process keeps per database server (see SharedEngine.pool_size)
+DEFAULT_POOL_SIZE = 8
+POOL_OVERFLOW = 2  # SQLite only: connections beyond the reserved ones, for the rare user holding two at once
+POOL_TIMEOUT = 10  # seconds a user waits for a pooled connection before the pool gives up (a 503)
+
+
+def engine_options(uri, max_workers=10, overflow=None, application_name=None):
+    """``max_workers``: connections kept in the pool; ``overflow`` more may open (default ``max_workers``)."""
     if uri.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
+    connect_args = {"connect_timeout": 5}
+    if application_name:
+        connect_args["application_name"] = application_name[:63]  # PostgreSQL's limit (NAMEDATALEN - 1)
     return {
-        "pool_size": max_workers + 2,
-        "max_overflow": max_workers,
-        "pool_pre_ping": True,
+        "pool_size": max_workers,
+        "max_overflow": max_workers if overflow is None else overflow,
+        "pool_timeout": POOL_TIMEOUT,
         "pool_recycle": 1800,
-        "connect_args": {"connect_timeout": 5},
+        "connect_args": connect_args,
     }
 
 
@@ -81,13 +92,48 @@ def with_green_driver(uri):
     return uri
 
 
-def make_engine(uri, max_workers=10):
+def make_engine(uri, max_workers=10, overflow=None, application_name=None):
     uri = with_green_driver(uri)
-    engine = create_engine(uri, **engine_options(uri, max_workers))
+    engine = create_engine(uri, **engine_options(uri, max_workers, overflow, application_name))
     if uri.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
+    else:
+        event.listen(engine, "checkin", _note_idle)
+        event.listen(engine, "checkout", _ping_if_idle)
     return engine
+
+
+PING_AFTER_IDLE = 2.0  # seconds a pooled connection may sit unused before its next checkout pings it
+
+
+def _note_idle(_dbapi_connection, record):
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy):
+    """Ping a connection that sat idle in the pool; a dead one is replaced (SQLAlchemy retries the checkout).
+
+    ``pool_pre_ping`` pinged on every checkout: a round trip before every
+    transaction, one in four or five of a busy service's. A connection in
+    use moments ago is alive or, if the server went away meanwhile, its
+    first statement fails as an outage (503, or the event retried) and
+    SQLAlchemy then replaces every pooled connection. SQLAlchemy's
+    documented custom pessimistic check: raising ``DisconnectionError``
+    from ``checkout``.
+    """
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as exc:
+        raise sa_exc.DisconnectionError("pooled connection is gone: {}".format(type(exc).__name__)) from exc
 
 
 def _begin_immediate(connection):
@@ -195,31 +241,163 @@ def redact(uri):
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
 
 
-class ServiceDatabase(Database):
-    checkpointer = None
+class SharedEngine:
+    """One engine, and so one connection pool, per database per process.
 
-    def setup(self):
-        config = self.container.config
-        service_name = self.container.service_name
-        self.db_uri = database_uri(config, service_name, self.declarative_base.__name__)
-        path = sqlite_file(self.db_uri)
-        if path is not None and path not in _checkpointed:
-            # before any connection is made, so every engine on the file skips checkpoints
-            self.checkpointer = WalCheckpointer(path).start()
-        self.engine = make_engine(self.db_uri, int(config.get("max_workers", 10)))
-        self.Session = sessionmaker(
-            bind=self.engine, class_=Session, expire_on_commit=False, **self.session_options
-        )
+    Every provider of a service that talks to its database (the service's
+    ``Database``, the outbox, metrics and readiness, the notification
+    sender) used to open an engine of its own: three or four pools per
+    process, each with its own idle connections and its own overflow churn.
+    Each now reserves the connections it can use at once, during
+    ``setup``; the engine is made on first use, after every provider of the
+    process has reserved (nameko sets up every extension before starting
+    any), with a pool of the sum of the reservations, at most
+    ``DB_POOL_SIZE`` on a database server: the process's connection budget
+    (docs/operations.md). The last release disposes the engine.
 
-    def stop(self):
-        super().stop()
-        self._stop_checkpointer()
+    An SQLite file also gets its ``WalCheckpointer`` here, started before the
+    first connection is made, so every connection skips checkpoints.
+    """
 
-    def kill(self):
-        super().kill()
-        self._stop_checkpointer()
+    def __init__(self, uri, application_name=None, max_pool_size=None):
+        self.uri = uri
+        self.application_name = application_name
+        self.max_pool_size = max_pool_size
+        self.reservations = []  # ints, or callables read when the engine is made
+        self.users = 0
+        self._engine = None
+        self.checkpointer = None
 
-    def _stop_checkpointer(self):
+    @property
+    def pool_size(self):
+        """The reservations' sum; on a database server, at most ``max_pool_size`` (``DB_POOL_SIZE``).
+
+        Workers spend most of their time outside a transaction (parsing,
+        RPC, publishing), and a 2-core server runs only a few statements at
+        once, so a pool smaller than the worker pool costs little: a user
+        finding every connection busy waits for one (a green wait, no new
+        connection). Many processes' pools must fit in ``max_connections``.
+        SQLite files have no server and keep a connection per user.
+        """
+        reserved = sum(int(r() if callable(r) else r) for r in self.reservations)
+        if self.max_pool_size and not self.uri.startswith("sqlite"):
+            return min(reserved, self.max_pool_size)
+        return reserved
+
+    @property
+    def overflow(self):
+        """No overflow on a database server: overflow connections are closed on return, i.e. churn under load."""
+        return POOL_OVERFLOW if self.uri.startswith("sqlite") else 0
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            path = sqlite_file(self.uri)
+            if path is not None and path not in _checkpointed:
+                self.checkpointer = WalCheckpointer(path).start()
+            self._engine = make_engine(self.uri, max(1, self.pool_size), overflow=self.overflow,
+                                       application_name=self.application_name)
+        return self._engine
+
+    def dispose(self):
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self.checkpointer is not None:
             self.checkpointer.stop()
             self.checkpointer = None
+
+
+_shared = {}  # (uri, service name) -> SharedEngine, in this process
+
+
+class Reservation:
+    """One provider's share of a ``SharedEngine``: ``engine`` to use, ``release()`` once (idempotent)."""
+
+    def __init__(self, shared):
+        self.shared = shared
+        self.released = False
+
+    @property
+    def uri(self):
+        return self.shared.uri
+
+    @property
+    def engine(self):
+        return self.shared.engine
+
+    def release(self):
+        """The last release of a shared engine disposes it."""
+        if self.released:
+            return
+        self.released = True
+        shared = self.shared
+        shared.users -= 1
+        if shared.users == 0:
+            key = (shared.uri, shared.application_name)
+            if _shared.get(key) is shared:
+                del _shared[key]
+            shared.dispose()
+
+
+def shared_engine(container, base_name, connections):
+    """Reserve ``connections`` (an int, or a callable read at first use) on the service's shared engine.
+
+    Call from a provider's ``setup``; use the returned ``Reservation``'s
+    ``engine`` once started, and ``release()`` it on ``stop``/``kill``.
+    PostgreSQL sessions carry the service's name as ``application_name``
+    (visible in ``pg_stat_activity``).
+    """
+    service_name = container.service_name
+    uri = database_uri(container.config, service_name, base_name)
+    key = (uri, service_name)
+    shared = _shared.get(key)
+    if shared is None:
+        max_pool_size = int(container.config.get(POOL_SIZE_KEY) or DEFAULT_POOL_SIZE)
+        shared = _shared[key] = SharedEngine(uri, application_name=service_name, max_pool_size=max_pool_size)
+    shared.reservations.append(connections)
+    shared.users += 1
+    return Reservation(shared)
+
+
+def worker_pool_size(container):
+    """How many workers the container runs at once (MAX_WORKERS plus HTTP's own slots, see http.py).
+
+    nameko has no public accessor for the pool's size once an extension has
+    resized it, so this reads the container's private ``_worker_pool``.
+    """
+    pool = getattr(container, "_worker_pool", None)
+    return pool.size if pool is not None else int(container.config.get("max_workers", 10))
+
+
+class ServiceDatabase(Database):
+    """nameko-sqlalchemy's ``Database`` on the service's shared engine: a connection per worker."""
+
+    shared = None
+
+    def setup(self):
+        container = self.container
+        self.shared = shared_engine(container, self.declarative_base.__name__, lambda: worker_pool_size(container))
+        self.db_uri = self.shared.uri
+        self._sessionmaker = None
+
+    @property
+    def engine(self):
+        return self.shared.engine
+
+    @property
+    def Session(self):
+        """Sessions on the shared engine, made on first use: after every provider has reserved."""
+        if self._sessionmaker is None:
+            self._sessionmaker = sessionmaker(bind=self.engine, class_=Session, expire_on_commit=False,
+                                              **self.session_options)
+        return self._sessionmaker
+
+    @Session.setter
+    def Session(self, value):  # nameko-sqlalchemy's tests and helpers may set it
+        self._sessionmaker = value
+
+    def stop(self):
+        self.shared.release()
+
+    kill = stop

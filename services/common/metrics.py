@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from .consumers import dead_letter_queue_name
-from .db import database_uri, make_engine
+from .db import shared_engine
 from .events import as_utc, utcnow
 from .health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
 from .tracing import entrypoint_kind
@@ -74,7 +74,7 @@ class Metrics(DependencyProvider):
         self.outbox = outbox
         self.starts = WeakKeyDictionary()
         self.registry = None
-        self.engine = None
+        self.shared = None
         self._server = None
         self._socket = None
 
@@ -98,8 +98,8 @@ class Metrics(DependencyProvider):
         ProcessCollector(registry=self.registry)
         self.registry.register(_StateCollector(self))
         if self.declarative_base is not None:
-            uri = database_uri(config, service, self.declarative_base.__name__)
-            self.engine = make_engine(uri, max_workers=1)
+            # a scrape or a /ready at a time, usually; the pool's overflow covers both at once
+            self.shared = shared_engine(self.container, self.declarative_base.__name__, 1)
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
         self.port = int((config.get(PORTS_KEY) or {}).get(service) or 0)
 
@@ -114,10 +114,14 @@ class Metrics(DependencyProvider):
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        if self.engine is not None:
-            self.engine.dispose()
+        if self.shared is not None:
+            self.shared.release()
 
     kill = stop
+
+    @property
+    def engine(self):
+        return self.shared.engine if self.shared is not None else None
 
     def _serve(self, port):
         try:

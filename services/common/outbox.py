@@ -48,7 +48,7 @@ from sqlalchemy.orm import sessionmaker
 
 from . import telemetry
 from .correlation import CONTEXT_KEY
-from .db import database_uri, make_engine
+from .db import shared_engine
 from .events import as_utc, new_event, utcnow
 from .wire import coalesced_writes
 
@@ -291,9 +291,9 @@ class Outbox(DependencyProvider):
                           .values(published_at=bindparam("now")))
         self.exchange = get_event_exchange(self.container.service_name, config)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange)
-        uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
-        self.engine = make_engine(uri, max_workers=2)
-        self.Session = sessionmaker(bind=self.engine, expire_on_commit=False)
+        # the publisher's marking and the relay, at once at most
+        self.shared = shared_engine(self.container, self.declarative_base.__name__, 2)
+        self._sessionmaker = None
         self.relay_interval = float(config.get("OUTBOX_RELAY_INTERVAL", 2))
         self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE", 3)))
         self.unroutable_backoff_max = max(self.relay_interval, float(config.get("RETRY_BACKOFF_MAX", 30)))
@@ -318,12 +318,23 @@ class Outbox(DependencyProvider):
             if self._relay is not None:
                 self._relay.wait()
         self.publisher.close()
-        self.engine.dispose()
+        self.shared.release()
 
     def kill(self):
         self._running = False
         self.publisher.close()
-        self.engine.dispose()
+        self.shared.release()
+
+    @property
+    def engine(self):
+        return self.shared.engine
+
+    @property
+    def Session(self):
+        """Sessions on the shared engine, made once every provider has reserved its connections."""
+        if self._sessionmaker is None:
+            self._sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
+        return self._sessionmaker
 
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
@@ -449,6 +460,10 @@ class Outbox(DependencyProvider):
             return
         try:
             with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # A lost mark only sends the events again (consumers dedupe), so this
+                    # commit need not wait for the WAL flush; order writes always do.
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 connection.execute(self.mark_sent, {"event_ids": list(event_ids), "now": utcnow()})
         except Exception as exc:  # published twice at worst; consumers dedupe
             log.warning("outbox: marking %d events sent failed: %s", len(event_ids), exc)

@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from services.common import correlation
-from services.common.db import database_uri, make_engine
+from services.common.db import shared_engine
 from services.common.events import as_utc, utcnow
 
 from . import domain
@@ -72,8 +72,8 @@ class Sender(DependencyProvider):
         self.poll_interval = float(config.get("NOTIFY_POLL_INTERVAL") or 5)
         self.concurrency = int(config.get("NOTIFY_CONCURRENCY") or 10)
         self.lease = timedelta(seconds=float(config.get("NOTIFY_LEASE") or 300))
-        uri = database_uri(config, self.container.service_name, self.declarative_base.__name__)
-        self.engine = make_engine(uri, max_workers=self.concurrency)
+        # a connection per delivery slot, plus the claiming loop and the outcome recorder
+        self.shared = shared_engine(self.container, self.declarative_base.__name__, self.concurrency + 2)
         self._wakeup = LightQueue(maxsize=1)
         self._reserved = 0  # slots promised to handlers whose rows are not handed over yet
         self._room_wanted = False  # the loop left due rows behind for lack of a free slot
@@ -100,11 +100,15 @@ class Sender(DependencyProvider):
                 self._pool.waitall()
                 self._signal_outcome()
                 self._recorder_done.wait()
-        self.engine.dispose()
+        self.shared.release()
 
     def kill(self):
         self._running = False
-        self.engine.dispose()
+        self.shared.release()
+
+    @property
+    def engine(self):
+        return self.shared.engine
 
     def get_dependency(self, worker_ctx):
         return self
