@@ -79,7 +79,7 @@ ensure_management() {
             rabbitmq-plugins enable rabbitmq_management >/dev/null
             for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return; sleep 1; done
         fi
-        say "The RabbitMQ management API (port 15672) is needed (tests, broker users)."
+        say "The RabbitMQ management API (port 15672) is needed by the tests and to create the broker users (BROKER_USERS=off runs every service as AMQP_URI's user)."
         exit 1
     fi
 }

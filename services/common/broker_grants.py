@@ -237,11 +237,11 @@ def provision(management, vhost, passwords, prefix="", http_catalogue_writes=Fal
     for user in document["users"]:
         role = user["name"][len(prefix):]
         management.put("/api/users/{}".format(_q(user["name"])), {"password": passwords[role], "tags": ""})
-        # topic permissions are replaced as a whole, so none granted earlier lingers
-        management.delete("/api/topic-permissions/{}/{}".format(_q(vhost), _q(user["name"])))
     for grant in document["permissions"]:
         management.put("/api/permissions/{}/{}".format(_q(vhost), _q(grant["user"])),
                        {key: grant[key] for key in ("configure", "write", "read")})
+    # each exchange's topic permissions are overwritten in place, never cleared first:
+    # a user with none on an exchange may use every routing key there
     for topic in document["topic_permissions"]:
         management.put("/api/topic-permissions/{}/{}".format(_q(vhost), _q(topic["user"])),
                        {key: topic[key] for key in ("exchange", "write", "read")})
