@@ -79,9 +79,29 @@ ensure_management() {
             rabbitmq-plugins enable rabbitmq_management >/dev/null
             for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return; sleep 1; done
         fi
-        say "The RabbitMQ management API (port 15672) is needed by the tests."
+        say "The RabbitMQ management API (port 15672) is needed by the tests and to create the broker users (BROKER_USERS=off runs every service as AMQP_URI's user)."
         exit 1
     fi
+}
+
+# Broker users (services/common/broker_grants.py): against a local broker
+# reached as guest (the default AMQP_URI), each service connects as its own
+# RabbitMQ user and the operator commands (seed, shell, dlq) as "operator",
+# created here with passwords from the environment (ORDERS_BROKER_PASSWORD,
+# ...) or generated into var/broker-credentials.env (mode 600). Any other
+# AMQP_URI is used as given. BROKER_USERS=off keeps guest;
+# BROKER_HTTP_CATALOGUE_WRITES=0 refuses orders the catalogue writes its
+# admin HTTP routes make (docs/operations.md).
+ensure_broker_users() {
+    [[ "${BROKER_USERS:-on}" == off ]] && return 0
+    local exports writes=()
+    [[ "${BROKER_HTTP_CATALOGUE_WRITES:-1}" == 1 ]] && writes=(--http-catalogue-writes)
+    if "$PY" -c 'import os, sys; from services.common.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
+        ensure_management
+    fi
+    exports=$("$PY" -m services.common.broker_grants provision --amqp-uri "$AMQP_URI" \
+        --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}" "${writes[@]}") || exit 1
+    eval "$exports"
 }
 
 # Development bearer tokens: unless a key source is configured, orders trusts
@@ -131,7 +151,9 @@ run_services() {
         for i in $(seq 1 "${!var:-1}"); do
             local class
             class="$(tr '[:lower:]' '[:upper:]' <<<"${service:0:1}")${service:1}Service"
-            "$VENV/bin/nameko" run --config "$CONFIG" "services.$service.service:$class" \
+            local uri_var
+            uri_var="$(tr '[:lower:]' '[:upper:]' <<<"$service")_AMQP_URI"
+            AMQP_URI="${!uri_var:-$AMQP_URI}" "$VENV/bin/nameko" run --config "$CONFIG" "services.$service.service:$class" \
                 > >(trap '' INT TERM; exec sed -u "s/^/[$service.$i] /") 2>&1 &
             pids+=($!)
         done
@@ -146,7 +168,7 @@ cmd="${1:-run}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
     run)
-        setup_venv; ensure_broker; ensure_dev_key; migrate; run_services ;;
+        setup_venv; ensure_broker; ensure_broker_users; ensure_dev_key; migrate; run_services ;;
     token)
         setup_venv; ensure_dev_key; exec "$PY" -m scripts.token --key "$DEV_JWT_KEY" "$@" ;;
     test)
@@ -155,14 +177,14 @@ case "$cmd" in
     migrate)
         setup_venv; migrate ;;
     seed)
-        setup_venv; ensure_broker; "$PY" -m scripts.seed --config "$CONFIG" ;;
+        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m scripts.seed --config "$CONFIG" ;;
     dlq)
-        setup_venv; ensure_broker; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
+        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
     bench)
         setup_venv; ensure_broker; ensure_management
         exec "$PY" -m bench.run "$@" ;;
     shell)
-        setup_venv; ensure_broker; exec "$VENV/bin/nameko" shell --config "$CONFIG" ;;
+        setup_venv; ensure_broker; ensure_broker_users; exec "$VENV/bin/nameko" shell --config "$CONFIG" ;;
     trace)
         setup_venv; exec "$PY" -m scripts.trace "$@" --config "$CONFIG" ;;
     *)

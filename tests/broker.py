@@ -49,7 +49,11 @@ def rabbitmq_script(name):
 class PrivateBroker:
     """One RabbitMQ node of this test's own, on loopback, vhost "/", guest/guest."""
 
-    def __init__(self, base_dir, boot_timeout=90):
+    def __init__(self, base_dir, boot_timeout=90, tls=None):
+        # tls: {"cacertfile", "certfile", "keyfile"} (PEM paths) adds a TLS listener on
+        # self.tls_port that requires a client certificate signed by that CA
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.server = rabbitmq_script("rabbitmq-server")
         self.ctl = rabbitmq_script("rabbitmqctl")
         self.base = str(base_dir)
@@ -77,6 +81,11 @@ class PrivateBroker:
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as stream:
             # replaces /etc/rabbitmq/rabbitmq.conf, whose listener is the shared node's port
             stream.write("listeners.tcp.1 = 127.0.0.1:{}\n".format(self.port))
+            if self.tls:
+                stream.write("listeners.ssl.1 = 127.0.0.1:{}\n".format(self.tls_port))
+                for key in ("cacertfile", "certfile", "keyfile"):
+                    stream.write("ssl_options.{} = {}\n".format(key, self.tls[key]))
+                stream.write("ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n")
         open(os.path.join(self.base, "rabbitmq-env.conf"), "w").close()  # not /etc/rabbitmq's
 
         env = {key: value for key, value in os.environ.items() if not key.startswith("RABBITMQ_")}

@@ -17,6 +17,18 @@ def broker_urls(amqp_uri):
     return [part.strip() for part in str(amqp_uri).split(SEPARATOR) if part.strip()]
 
 
+def ssl_options(config):
+    """``AMQP_SSL`` for a ``kombu.Connection``'s ``ssl``: None (plain AMQP, or ``amqps://`` with the
+    system's CAs) or amqp's TLS options (``ca_certs``, ``certfile``, ``keyfile``, ``server_hostname``).
+
+    A copy: kombu writes the node's host name into ``server_hostname`` when it is None.
+    nameko's own consumers and publishers read ``AMQP_SSL`` themselves; the services'
+    other connections (outbox, retries, health, dead letters) take it from here.
+    """
+    value = (config or {}).get("AMQP_SSL")
+    return dict(value) if isinstance(value, dict) else (value or None)
+
+
 def redacted(amqp_uri):
     """``amqp_uri`` fit for a log: every broker's password replaced, not only the first."""
     return SEPARATOR.join(sanitize_url(url) for url in broker_urls(amqp_uri))

@@ -37,7 +37,7 @@ from nameko.messaging import QueueConsumer
 from nameko.timer import timer
 from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
-from .brokers import redacted
+from .brokers import redacted, ssl_options
 from .correlation import CONTEXT_KEY as CORRELATION_KEY
 from .errors import is_unavailable
 from .events import MalformedMessage, utcnow
@@ -298,7 +298,7 @@ class ReliableEventHandler(EventHandler):
         self.dead_letters = durable_queue(config, dead_letter_queue_name(self.container.service_name))
         # mandatory: a retry or dead letter that reaches no queue (deleted
         # under us) raises UndeliverableMessage instead of vanishing
-        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], mandatory=True)
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], mandatory=True, ssl=ssl_options(config))
         self._bookkeeping_failures = 0
 
     def unpack_message_headers(self, message):

@@ -19,6 +19,7 @@ import sys
 
 from kombu import Connection
 
+from .brokers import ssl_options
 from .consumers import ATTEMPT_HEADER, dead_letter_queue_name, durable_queue
 from .errors import InvalidInput
 from .rpc import rpc
@@ -49,7 +50,7 @@ def _open(connection, service_name, config=None):
 
 
 def list_dead_letters(amqp_uri, service_name, limit=100, config=None):
-    with Connection(amqp_uri, transport_options={"max_retries": 1}) as connection:
+    with Connection(amqp_uri, transport_options={"max_retries": 1}, ssl=ssl_options(config)) as connection:
         channel, queue = _open(connection, service_name, config)
         found = []
         try:
@@ -71,7 +72,8 @@ def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
     """
     replayed = 0
     returned = []
-    with Connection(amqp_uri, transport_options={"max_retries": 1, "confirm_publish": True}) as connection:
+    with Connection(amqp_uri, transport_options={"max_retries": 1, "confirm_publish": True},
+                    ssl=ssl_options(config)) as connection:
         channel, queue = _open(connection, service_name, config)
         # the return of an unroutable mandatory message arrives before its confirm
         channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: returned.append(routing_key))

@@ -45,6 +45,14 @@ class Conflict(ServiceError):
 
 
 @deserialize_to_instance
+class Forbidden(ServiceError):
+    """The caller may not do this: an HTTP token without the scope, or a service whose broker user may not call that method."""
+
+    status = 403
+    code = "forbidden"
+
+
+@deserialize_to_instance
 class ServiceUnavailable(ServiceError):
     """A service this request needs did not answer in time."""
 

@@ -16,11 +16,11 @@ from sqlalchemy import text
 DEFAULT_READY_TIMEOUT = 1.0
 
 
-def check_broker(amqp_uri, timeout):
+def check_broker(amqp_uri, timeout, ssl=None):
     """'ok' if an AMQP connection (handshake included) opens within ``timeout``."""
     try:
         with eventlet.Timeout(timeout):
-            with Connection(amqp_uri, connect_timeout=timeout) as connection:
+            with Connection(amqp_uri, connect_timeout=timeout, ssl=ssl) as connection:
                 connection.connect()
         return "ok"
     except eventlet.Timeout:

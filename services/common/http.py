@@ -36,7 +36,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.wrappers import Request, Response
 
 from .correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
-from .errors import InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
+from .errors import Forbidden, InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
 from .schema import load_input
 
 log = logging.getLogger(__name__)
@@ -605,7 +605,3 @@ class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
 
-
-class Forbidden(ServiceError):
-    status = 403
-    code = "forbidden"

@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
+from .brokers import ssl_options
 from .consumers import dead_letter_queue_name
 from .db import shared_engine
 from .events import as_utc, utcnow
@@ -101,6 +102,7 @@ class Metrics(DependencyProvider):
             # a scrape or a /ready at a time, usually; the pool's overflow covers both at once
             self.shared = shared_engine(self.container, self.declarative_base.__name__, 1)
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.ssl = ssl_options(config)
         self.port = int((config.get(PORTS_KEY) or {}).get(service) or 0)
 
     def start(self):
@@ -143,7 +145,7 @@ class Metrics(DependencyProvider):
                 return json_wsgi(200, {"status": "ok", "service": self.container.service_name}, start_response)
             if path == "/ready":
                 timeout = float(self.container.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
-                checks = {"broker": check_broker(self.amqp_uri, timeout)}
+                checks = {"broker": check_broker(self.amqp_uri, timeout, self.ssl)}
                 if self.engine is not None:
                     checks["database"] = check_database(self.engine.connect, timeout)
                 status, body = readiness(checks)
@@ -246,7 +248,7 @@ class Metrics(DependencyProvider):
 
     def _dead_letters(self, service):
         queue_name = dead_letter_queue_name(service)
-        with Connection(self.amqp_uri, connect_timeout=2,
+        with Connection(self.amqp_uri, connect_timeout=2, ssl=ssl_options({"AMQP_SSL": self.ssl}),
                         transport_options={"max_retries": 1}) as connection:
             channel = connection.channel()
             try:

@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from . import telemetry
+from .brokers import ssl_options
 from .correlation import CONTEXT_KEY
 from .db import shared_engine
 from .events import as_utc, new_event, utcnow
@@ -117,8 +118,9 @@ class BatchPublisher:
     connection; the next batch opens a new one.
     """
 
-    def __init__(self, amqp_uri, exchange, confirm_timeout=CONFIRM_TIMEOUT):
+    def __init__(self, amqp_uri, exchange, confirm_timeout=CONFIRM_TIMEOUT, ssl=None):
         self.amqp_uri = amqp_uri
+        self.ssl = ssl
         self.exchange = exchange
         self.confirm_timeout = confirm_timeout
         self._connection = None
@@ -134,7 +136,7 @@ class BatchPublisher:
     def _ensure_channel(self):
         if self._connection is not None:
             return
-        connection = Connection(self.amqp_uri, connect_timeout=5)
+        connection = Connection(self.amqp_uri, connect_timeout=5, ssl=ssl_options({"AMQP_SSL": self.ssl}))
         try:
             connection.connect()
             channel = connection.channel()
@@ -290,7 +292,7 @@ class Outbox(DependencyProvider):
         self.mark_sent = (update(table).where(table.c.event_id.in_(bindparam("event_ids", expanding=True)))
                           .values(published_at=bindparam("now")))
         self.exchange = get_event_exchange(self.container.service_name, config)
-        self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange)
+        self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange, ssl=ssl_options(config))
         # the publisher's marking and the relay, at once at most
         self.shared = shared_engine(self.container, self.declarative_base.__name__, 2)
         self._sessionmaker = None

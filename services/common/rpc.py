@@ -11,13 +11,14 @@ forgotten (nameko keeps it until an answer that may never come).
 through ``SafeAckQueueConsumer``: with nameko's own consumer, an ack that
 meets a connection the broker has just reset kills the whole service.
 """
+import amqp.exceptions
 import eventlet
 from nameko.exceptions import UnknownService
 from nameko.rpc import RPC_QUEUE_TEMPLATE, ReplyListener, RpcConsumer, RpcProxy, get_rpc_exchange
 from nameko.rpc import Rpc as NamekoRpc
 
 from .consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
-from .errors import InternalError, ServiceError, ServiceUnavailable, is_unavailable
+from .errors import Forbidden, InternalError, ServiceError, ServiceUnavailable, is_unavailable
 
 
 class SafeAckRpcConsumer(RpcConsumer):
@@ -124,6 +125,10 @@ class TimedServiceProxy:
                 reply = method.call_async(*args, **kwargs)
                 with eventlet.Timeout(self._timeout):
                     return reply.result()
+            except amqp.exceptions.AccessRefused:
+                # this service's broker user may not call that method (services/common/broker_grants.py)
+                raise Forbidden("This service may not call {}.{}.".format(self._service_name, method_name),
+                                details={"service": self._service_name, "method": method_name}) from None
             except (eventlet.Timeout, UnknownService, ConnectionError, OSError) as exc:
                 if reply is not None:
                     method.reply_listener.forget(reply.reply_event)

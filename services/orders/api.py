@@ -14,6 +14,7 @@ that for any customer and write the catalogue. Catalogue reads, /health,
 """
 from urllib.parse import quote
 
+from services.common.brokers import ssl_options
 from services.common.errors import NotFound
 from services.common.health import DEFAULT_READY_TIMEOUT, check_broker, check_database, readiness
 from services.common.http import Forbidden, http, json_response, read_headers, read_json, read_query
@@ -214,7 +215,7 @@ class HttpApi:
         wait for it), so its outage must not take orders out of a load balancer.
         """
         timeout = float(self.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
-        return readiness({"broker": check_broker(self.config["AMQP_URI"], timeout),
+        return readiness({"broker": check_broker(self.config["AMQP_URI"], timeout, ssl_options(self.config)),
                           "database": check_database(self.db.get_session, timeout)})
 
     @http("GET", "/openapi.json", ops=True)

@@ -6,7 +6,11 @@ import os
 import signal
 import subprocess
 
+import pytest
 import requests
+from urllib.parse import quote
+
+from services.common import broker_grants
 
 from tests.system import ROOT
 from tests.helpers import eventually
@@ -15,8 +19,25 @@ from tests.helpers import eventually
 def run_sh_env(system, tmp_path):
     """The system's settings, less the test's token key: run.sh's own development key instead."""
     env = {name: value for name, value in system.env.items() if not name.startswith("JWT_")}
-    env.update(PYTHONWARNINGS="ignore", JWT_DEV_PRIVATE_KEY_FILE=str(tmp_path / "dev-jwt-key.pem"))
+    env.update(PYTHONWARNINGS="ignore", JWT_DEV_PRIVATE_KEY_FILE=str(tmp_path / "dev-jwt-key.pem"),
+               BROKER_CREDENTIALS_FILE=str(tmp_path / "broker-credentials.env"))
     return env
+
+
+def connected_users(vhost):
+    """The users of the AMQP connections open on ``vhost`` (management API)."""
+    connections = broker_grants.Management("http://127.0.0.1:15672", "guest", "guest").request(
+        "GET", "/api/vhosts/{}/connections".format(quote(vhost, safe="")))
+    return {connection["user"] for connection in connections}
+
+
+@pytest.fixture
+def run_sh_broker_users(system):
+    """The users run.sh creates on the test's vhost, deleted afterwards (users are global to the broker)."""
+    vhost = broker_grants.local_admin(system.env["AMQP_URI"])[1]
+    prefix = broker_grants.user_prefix(vhost)
+    yield vhost, prefix
+    broker_grants.remove(broker_grants.Management("http://127.0.0.1:15672", "guest", "guest"), prefix)
 
 
 def start_run_sh(system, log_path):
@@ -31,7 +52,7 @@ def children_alive(pid):
     return [line for line in out.stdout.split() if line]
 
 
-def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path):
+def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path, run_sh_broker_users):
     log_path = tmp_path / "run.log"
     process = start_run_sh(system, log_path)
     try:
@@ -45,6 +66,13 @@ def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path
         log = log_path.read_text()
         for service in ("orders", "inventory", "notifications"):
             assert "[{}.1]".format(service) in log
+        # each service on the broker as its own user, with a password kept private
+        vhost, prefix = run_sh_broker_users
+        own = {prefix + service for service in ("orders", "inventory", "notifications")}
+        # the management API's connection list lags a few seconds behind
+        eventually(lambda: own <= connected_users(vhost), timeout=15, message="connections as the services' users")
+        assert "guest" not in connected_users(vhost)
+        assert (tmp_path / "broker-credentials.env").stat().st_mode & 0o777 == 0o600
 
     finally:
         process.send_signal(signal.SIGTERM)
