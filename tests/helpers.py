@@ -18,3 +18,15 @@ def eventually(check, timeout=15.0, interval=0.1, message="condition"):
                 return last
         time.sleep(interval)
     raise AssertionError("timed out after {}s waiting for {}; last: {!r}".format(timeout, message, last))
+
+
+def service_worker(service_class, **dependencies):
+    """``worker_factory(service_class, **dependencies)`` with a real unit of work.
+
+    The unit of work uses the worker's own (real or replaced) ``db`` and
+    ``outbox``, so it is built on the worker rather than mocked.
+    """
+    from nameko.testing.services import worker_factory
+    worker = worker_factory(service_class, **dependencies)
+    worker.uow = service_class.uow.for_service(worker)
+    return worker

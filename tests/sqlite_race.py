@@ -16,7 +16,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from nameko.testing.services import worker_factory  # noqa: E402
+from tests.helpers import service_worker  # noqa: E402
 from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
@@ -41,7 +41,7 @@ class Outbox:
 def main(uri, role, order_id=None, pause_dir=None):
     engine = make_engine(uri)
     db = DatabaseWrapper(sessionmaker(bind=engine, class_=Session, expire_on_commit=False))
-    worker = worker_factory(OrdersService, db=db, outbox=Outbox(), config={}, correlation_id=None)
+    worker = service_worker(OrdersService, db=db, outbox=Outbox(), config={}, correlation_id=None)
     if role == "place":
         with db.get_session() as session:
             session.execute(insert(CatalogueItem).values(sku="RACE-1", name="Race", price=100, active=True,

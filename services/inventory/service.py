@@ -9,27 +9,27 @@ import logging
 from nameko.dependency_providers import Config
 from sqlalchemy import bindparam, insert, select, update
 
-from services.common.consumers import InboxRetention, event_handler, first_delivery
+from services.common.consumers import InboxRetention
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import parse_event, utcnow
+from services.common.events import utcnow
 from services.common.metrics import Metrics
 from services.common.outbox import Outbox
 from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.uow import UnitOfWork, handles
 from services.common.validation import MAX_ORDER_ID, MAX_STOCK, is_sku, storable
 
-from . import domain
+from . import domain, events
 from .models import InventoryBase, OutboxMessage, ProcessedEvent, Product, Reservation
 from .schemas import (
     NewProductSchema,
     OrderCancelledSchema,
     OrderCreatedSchema,
-    ProductChangedSchema,
     ProductChangesSchema,
     ProductSchema,
     QuantitySchema,
@@ -38,7 +38,6 @@ from .schemas import (
 log = logging.getLogger(__name__)
 
 product_schema = ProductSchema()
-product_changed_schema = ProductChangedSchema()
 # built once (once per order they were a visible share of the profile)
 order_created_schema = OrderCreatedSchema()
 order_cancelled_schema = OrderCancelledSchema()
@@ -62,9 +61,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     config = Config()
     inbox = ProcessedEvent  # for InboxRetention
     db = ServiceDatabase(InventoryBase)
-    # stock_released has no consumer by design (an audit fact others may
-    # subscribe to later): reaching no queue is not a reason to keep it
-    outbox = Outbox(InventoryBase, OutboxMessage, optional=("stock_released",))
+    outbox = Outbox(InventoryBase, OutboxMessage, optional=events.OPTIONAL)
     correlation_id = CorrelationId()
     tracer = Tracer()
     metrics = Metrics(InventoryBase, outbox=OutboxMessage, counts=[(
@@ -72,20 +69,21 @@ class InventoryService(DeadLetterRpc, InboxRetention):
         "Reservation decisions by status: reserved, rejected, released, cancelled.",
         Reservation.status)])
     shutdown = GracefulShutdown()
+    uow = UnitOfWork(ProcessedEvent)
 
     # catalogue --------------------------------------------------------------
 
     @rpc(expected_exceptions=(InvalidInput, Conflict))
     def create_product(self, sku, name, price, stock=0):
         data = load_input(NewProductSchema(), {"sku": sku, "name": name, "price": price, "stock": stock})
-        with self.db.get_session() as session:
-            if session.get(Product, data["sku"]) is not None:
+        with self.uow as uow:
+            if uow.session.get(Product, data["sku"]) is not None:
                 raise Conflict("Product {} already exists.".format(data["sku"]),
                                details={"sku": ["Already exists."]})
             product = Product(sku=data["sku"], name=data["name"], price=data["price"],
                               on_hand=data["stock"], reserved=0, active=True, version=1)
-            session.add(product)
-            self._product_changed(session, product)
+            uow.session.add(product)
+            _product_changed(uow, product)
         return product_schema.dump(product)
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
@@ -93,13 +91,13 @@ class InventoryService(DeadLetterRpc, InboxRetention):
         """Change name, price or active; orders learns of it by event."""
         sku = _known_sku(sku)
         data = load_input(ProductChangesSchema(), changes)
-        with self.db.get_session() as session:
-            product = self._product(session, sku, for_update=True)
+        with self.uow as uow:
+            product = self._product(uow.session, sku, for_update=True)
             if any(getattr(product, key) != value for key, value in data.items()):
                 for key, value in data.items():
                     setattr(product, key, value)
                 product.version += 1
-                self._product_changed(session, product)
+                _product_changed(uow, product)
         return product_schema.dump(product)
 
     @rpc(expected_exceptions=NotFound)
@@ -145,10 +143,10 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     @rpc
     def publish_catalogue(self):
         """Re-announce every product, for a consumer that lost its copy."""
-        with self.db.get_session() as session:
-            products = session.scalars(select(Product).order_by(Product.sku)).all()
+        with self.uow as uow:
+            products = uow.session.scalars(select(Product).order_by(Product.sku)).all()
             for product in products:
-                self._product_changed(session, product)
+                _product_changed(uow, product)
             return len(products)
 
     @rpc(expected_exceptions=InvalidInput)
@@ -168,60 +166,52 @@ class InventoryService(DeadLetterRpc, InboxRetention):
 
     # order events -------------------------------------------------------------
 
-    @event_handler("orders", "order_created")
-    def reserve_stock(self, body):
-        event = parse_event(body, order_created_schema)
+    @handles("orders", "order_created", order_created_schema)
+    def reserve_stock(self, uow, event):
         order_id = event.data["order_id"]
         requested = domain.quantities_by_sku(event.data["lines"])
-        with self.db.get_session() as session:
-            if not first_delivery(session, ProcessedEvent, event, "reserve_stock"):
-                return
-            # Core statements for the decision row: it runs once per order,
-            # and the ORM's load and flush were most of its cost
-            connection = session.connection()
-            decided = connection.execute(DECIDED, {"order_id": order_id}).first()
-            if decided is not None:
-                log.info("order %s already has a reservation decision; nothing to do", order_id)
-                return
-            failed_sku = self._reserve_all_or_nothing(session, requested)
-            now = utcnow()
-            if failed_sku is None:
-                connection.execute(INSERT_DECISION, {
-                    "order_id": order_id, "status": Reservation.RESERVED, "lines": requested, "reasons": None,
-                    "created_at": now, "updated_at": now})
-                self.outbox.add(session, "stock_reserved", {"order_id": order_id, "lines": _as_lines(requested)})
-                log.info("order %s: stock reserved", order_id)
-                return
-            reasons = self._explain_shortfall(session, requested, failed_sku)
+        # Core statements for the decision row: it runs once per order,
+        # and the ORM's load and flush were most of its cost
+        connection = uow.session.connection()
+        decided = connection.execute(DECIDED, {"order_id": order_id}).first()
+        if decided is not None:
+            log.info("order %s already has a reservation decision; nothing to do", order_id)
+            return
+        failed_sku = self._reserve_all_or_nothing(uow.session, requested)
+        now = utcnow()
+        if failed_sku is None:
             connection.execute(INSERT_DECISION, {
-                "order_id": order_id, "status": Reservation.REJECTED, "lines": requested, "reasons": reasons,
+                "order_id": order_id, "status": Reservation.RESERVED, "lines": requested, "reasons": None,
                 "created_at": now, "updated_at": now})
-            self.outbox.add(session, "stock_rejected", {"order_id": order_id, "reasons": reasons})
-            log.info("order %s: stock rejected: %s", order_id, reasons)
+            uow.publish(events.STOCK_RESERVED, {"order_id": order_id, "lines": _as_lines(requested)})
+            log.info("order %s: stock reserved", order_id)
+            return
+        reasons = self._explain_shortfall(uow.session, requested, failed_sku)
+        connection.execute(INSERT_DECISION, {
+            "order_id": order_id, "status": Reservation.REJECTED, "lines": requested, "reasons": reasons,
+            "created_at": now, "updated_at": now})
+        uow.publish(events.STOCK_REJECTED, {"order_id": order_id, "reasons": reasons})
+        log.info("order %s: stock rejected: %s", order_id, reasons)
 
-    @event_handler("orders", "order_cancelled")
-    def release_stock(self, body):
-        event = parse_event(body, order_cancelled_schema)
+    @handles("orders", "order_cancelled", order_cancelled_schema)
+    def release_stock(self, uow, event):
         order_id = event.data["order_id"]
-        with self.db.get_session() as session:
-            if not first_delivery(session, ProcessedEvent, event, "release_stock"):
-                return
-            reservation = session.get(Reservation, order_id)
-            if reservation is None:
-                # Cancelled before its order_created arrived: remember, so the
-                # late order_created reserves nothing.
-                session.add(Reservation(order_id=order_id, lines={},
-                                        status=Reservation.CANCELLED_BEFORE_RESERVATION))
-                return
-            if reservation.status != Reservation.RESERVED:
-                return
-            for sku, quantity in sorted(reservation.lines.items()):
-                product = self._product(session, sku, for_update=True)
-                product.reserved = domain.released(product.reserved, quantity)
-            reservation.status = Reservation.RELEASED
-            self.outbox.add(session, "stock_released",
-                            {"order_id": order_id, "lines": _as_lines(reservation.lines)})
-            log.info("order %s: reservation released", order_id)
+        session = uow.session
+        reservation = session.get(Reservation, order_id)
+        if reservation is None:
+            # Cancelled before its order_created arrived: remember, so the
+            # late order_created reserves nothing.
+            session.add(Reservation(order_id=order_id, lines={},
+                                    status=Reservation.CANCELLED_BEFORE_RESERVATION))
+            return
+        if reservation.status != Reservation.RESERVED:
+            return
+        for sku, quantity in sorted(reservation.lines.items()):
+            product = self._product(session, sku, for_update=True)
+            product.reserved = domain.released(product.reserved, quantity)
+        reservation.status = Reservation.RELEASED
+        uow.publish(events.STOCK_RELEASED, {"order_id": order_id, "lines": _as_lines(reservation.lines)})
+        log.info("order %s: reservation released", order_id)
 
     # helpers ---------------------------------------------------------------------
 
@@ -233,10 +223,6 @@ class InventoryService(DeadLetterRpc, InboxRetention):
         if product is None:
             raise NotFound("No product with sku {}.".format(sku), details={"sku": [sku]})
         return product
-
-    def _product_changed(self, session, product):
-        session.flush()
-        self.outbox.add(session, "product_changed", product_changed_schema.dump(product))
 
     @staticmethod
     def _reserve_all_or_nothing(session, requested):
@@ -277,6 +263,11 @@ def _known_sku(sku):
     if not is_sku(sku):
         raise NotFound("No product with sku {!r}.".format(sku)[:120], details={"sku": ["Not a valid sku."]})
     return sku
+
+
+def _product_changed(uow, product):
+    uow.session.flush()
+    uow.publish(events.PRODUCT_CHANGED, product)
 
 
 def _as_lines(quantities):

@@ -15,17 +15,18 @@ from nameko.dependency_providers import Config
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import selectinload
 
-from services.common.consumers import InboxRetention, event_handler, first_delivery
+from services.common.consumers import InboxRetention
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import parse_event, utcnow
+from services.common.events import utcnow
 from services.common.metrics import Metrics
 from services.common.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.uow import UnitOfWork, handles
 from services.common.validation import normalise_email
 
 from . import domain
@@ -80,56 +81,53 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     metrics = Metrics(NotificationsBase, counts=[
         ("notifications_by_status", "Notifications by status.", Notification.status)])
     shutdown = GracefulShutdown()
+    uow = UnitOfWork(ProcessedEvent, outbox=None)
 
     # events -----------------------------------------------------------------------
 
-    @event_handler("orders", "order_confirmed")
-    def order_confirmed(self, body):
-        self._notify(body, "order_confirmed")
+    # One inbox name for the three: the rows written before handlers had
+    # their own names say "notify", and a redelivery must still find them.
+    @handles("orders", "order_confirmed", order_event_schema, inbox_name="notify")
+    def order_confirmed(self, uow, event):
+        self._notify(uow, event, "order_confirmed")
 
-    @event_handler("orders", "order_rejected")
-    def order_rejected(self, body):
-        self._notify(body, "order_rejected")
+    @handles("orders", "order_rejected", order_event_schema, inbox_name="notify")
+    def order_rejected(self, uow, event):
+        self._notify(uow, event, "order_rejected")
 
-    @event_handler("orders", "order_cancelled")
-    def order_cancelled(self, body):
-        self._notify(body, "order_cancelled")
+    @handles("orders", "order_cancelled", order_event_schema, inbox_name="notify")
+    def order_cancelled(self, uow, event):
+        self._notify(uow, event, "order_cancelled")
 
-    def _notify(self, body, event_type):
-        event = parse_event(body, order_event_schema)
+    def _notify(self, uow, event, event_type):
+        """Queue one notification per channel the customer chose; the sender delivers after commit."""
         order = event.data
-        claimed = 0
-        try:
-            with self.db.get_session() as session:
-                if not first_delivery(session, ProcessedEvent, event, "notify"):
-                    return
-                # Core statements: this runs once per order, and the ORM's
-                # identity map and flush were most of its cost
-                connection = session.connection()
-                preference = connection.execute(
-                    PREFERENCE, {"email": _preference_key(order["customer_email"])}).first()
-                planned = domain.plan_deliveries(
-                    _preference_dict(preference) if preference else None, order["customer_email"],
-                    self.sender.configured)
-                now = utcnow()
-                rows = []
-                for delivery in planned:
-                    content = renderer.render(event_type, delivery.template, order)
-                    rows.append({
-                        "event_id": event.id, "event_type": event_type, "order_id": order["id"],
-                        "recipient": order["customer_email"], "channel": delivery.channel,
-                        "address": delivery.address, "subject": content.subject[:200], "body": content.body,
-                        "html_body": content.html, "status": delivery.status, "last_error": delivery.reason,
-                        "next_attempt_at": now if delivery.status == domain.QUEUED else None,
-                        "attempt_count": 0, "round_attempts": 0, "correlation_id": self.correlation_id,
-                        "created_at": now, "updated_at": now, "sent_at": None})
-                # with room to send at once, the rows are written claimed by this
-                # process and handed to the sender after commit: no claim round
-                claimed = self.sender.claim_on_write(rows, now)
-                ids = connection.execute(INSERT_NOTIFICATIONS, rows).scalars().all() if rows else []
-        except BaseException:
-            self.sender.release(claimed)
-            raise
+        # Core statements: this runs once per order, and the ORM's
+        # identity map and flush were most of its cost
+        connection = uow.session.connection()
+        preference = connection.execute(PREFERENCE, {"email": _preference_key(order["customer_email"])}).first()
+        planned = domain.plan_deliveries(
+            _preference_dict(preference) if preference else None, order["customer_email"], self.sender.configured)
+        now = utcnow()
+        rows = []
+        for delivery in planned:
+            content = renderer.render(event_type, delivery.template, order)
+            rows.append({
+                "event_id": event.id, "event_type": event_type, "order_id": order["id"],
+                "recipient": order["customer_email"], "channel": delivery.channel,
+                "address": delivery.address, "subject": content.subject[:200], "body": content.body,
+                "html_body": content.html, "status": delivery.status, "last_error": delivery.reason,
+                "next_attempt_at": now if delivery.status == domain.QUEUED else None,
+                "attempt_count": 0, "round_attempts": 0, "correlation_id": self.correlation_id,
+                "created_at": now, "updated_at": now, "sent_at": None})
+        # with room to send at once, the rows are written claimed by this
+        # process and handed to the sender after commit: no claim round
+        claimed = self.sender.claim_on_write(rows, now)
+        uow.after_rollback(lambda: self.sender.release(claimed))
+        ids = connection.execute(INSERT_NOTIFICATIONS, rows).scalars().all() if rows else []
+        uow.after_commit(lambda: self._queued(ids, rows, order, event_type, planned))
+
+    def _queued(self, ids, rows, order, event_type, planned):
         self.sender.written(ids, rows)
         for delivery in planned:
             if delivery.status == domain.SKIPPED:

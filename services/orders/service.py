@@ -16,21 +16,22 @@ from nameko.timer import timer
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.common.consumers import InboxRetention, event_handler, first_delivery
+from services.common.consumers import InboxRetention
 from services.common.correlation import CorrelationId
 from services.common.db import ServiceDatabase
 from services.common.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import as_utc, parse_event, utcnow
+from services.common.events import as_utc, utcnow
 from services.common.metrics import Metrics
 from services.common.outbox import Outbox
 from services.common.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
 from services.common.tracing import Tracer
+from services.common.uow import UnitOfWork, handles
 from services.common.validation import order_id_or_none
 
-from . import domain, ratelimit
+from . import domain, events, ratelimit
 from .api import DEFAULT_RATE_LIMIT_WINDOW, HttpApi, order_not_found
 from .auth import normalise_email
 from .models import (
@@ -75,7 +76,6 @@ ORDER_LINES = select(_lines).where(_lines.c.order_id == bindparam("order_id")).o
 MOVE_ORDER = (update(_orders).where(_orders.c.id == bindparam("order_id"))
               .values(status=bindparam("status"), updated_at=bindparam("updated_at")))
 MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
-order_event_schema = OrderSchema(exclude=("history",))
 # inventory's answers arrive once per order: their schemas are built once
 stock_reserved_schema = StockReservedSchema()
 stock_rejected_schema = StockRejectedSchema()
@@ -95,6 +95,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     metrics = Metrics(OrdersBase, outbox=OutboxMessage,
                       counts=[("orders_by_status", "Orders by status.", Order.status)])
     shutdown = GracefulShutdown()
+    uow = UnitOfWork(ProcessedEvent)
 
     # RPC ----------------------------------------------------------------------
 
@@ -144,8 +145,8 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     # the order lifecycle (shared by RPC and HTTP) -------------------------------
 
     def place_order(self, body):
-        with self.db.get_session() as session:
-            order = self._create_order(session, self._order_request(body))
+        with self.uow as uow:
+            order = self._create_order(uow, self._order_request(body))
         _log_placed(order)
         return order
 
@@ -176,16 +177,16 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         if stored is not None:
             return stored
         try:
-            with self.db.get_session() as session:
+            with self.uow as uow:
                 # an expired key is free again (a bulk delete: a racing twin
                 # may already have removed it)
-                session.execute(delete(IdempotencyKey).where(
+                uow.session.execute(delete(IdempotencyKey).where(
                     IdempotencyKey.customer == customer, IdempotencyKey.key == key,
                     IdempotencyKey.created_at < cutoff))
-                order = self._create_order(session, data)
-                session.add(IdempotencyKey(customer=customer, key=key, request_hash=fingerprint, order_id=order["id"],
-                                           status_code=202, response=order))
-                session.flush()
+                order = self._create_order(uow, data)
+                uow.session.add(IdempotencyKey(customer=customer, key=key, request_hash=fingerprint,
+                                               order_id=order["id"], status_code=202, response=order))
+                uow.session.flush()
         except IntegrityError:
             with self.db.get_session() as session:
                 stored = self._stored_answer(session, customer, key, fingerprint, cutoff)
@@ -226,10 +227,11 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         with self.db.get_session() as session:
             return ratelimit.forget_ended(session, window)
 
-    def _create_order(self, session, data):
-        """The order, its lines at today's prices and its ``order_created`` event, in ``session``."""
+    def _create_order(self, uow, data):
+        """The order, its lines at today's prices and its ``order_created`` event, in ``uow``."""
         skus = [line["sku"] for line in data["lines"]]
-        catalogue = {sku: (name, price) for sku, name, price in session.connection().execute(PRICES, {"skus": skus})}
+        connection = uow.session.connection()  # the session's transaction, without ORM execution
+        catalogue = {sku: (name, price) for sku, name, price in connection.execute(PRICES, {"skus": skus})}
         try:
             priced, total = domain.price_lines(data["lines"], catalogue)
             domain.check_total(total)
@@ -245,7 +247,6 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         # same values, in the shape OrderSchema gives a stored order.
         now = utcnow()
         order_id = str(uuid.uuid4())
-        connection = session.connection()  # the session's transaction, without ORM execution
         connection.execute(INSERT_ORDER, {
             "id": order_id, "customer_email": data["customer_email"], "status": domain.PENDING,
             "total": total, "reasons": None, "correlation_id": self.correlation_id,
@@ -257,7 +258,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         connection.execute(INSERT_HISTORY, {
             "order_id": order_id, "from_status": None, "to_status": domain.PENDING, "reason": "placed",
             "at": now})
-        self.outbox.add(session, "order_created", {
+        uow.publish(events.ORDER_CREATED, {
             "order_id": order_id, "customer_email": data["customer_email"], "total": total,
             "lines": [{"sku": line["sku"], "quantity": line["quantity"],
                        "unit_price": line["unit_price"]} for line in priced],
@@ -307,30 +308,30 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         With ``owner`` (a normalised email), another customer's order is not
         found, exactly like a missing one.
         """
-        with self.db.get_session() as session:
-            row = self._lock_order(session, order_id)
+        with self.uow as uow:
+            row = self._lock_order(uow.session, order_id)
             if row is None or (owner is not None and normalise_email(row.customer_email) != owner):
                 raise order_not_found(order_id)
             try:
                 domain.transition(row.status, status)
             except domain.IllegalTransition as exc:
                 raise Conflict(str(exc), details={"status": [row.status]}) from None
-            self._record_move(session, row, status, reason)
-            return order_schema.dump(self._order(session, order_id))
+            self._record_move(uow, row, status, reason)
+            return order_schema.dump(self._order(uow.session, order_id))
 
     @staticmethod
     def _lock_order(session, order_id):
         """The order's row, locked for this transaction (PostgreSQL), or None."""
         return session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).first()
 
-    def _record_move(self, session, row, status, reason, reasons=None):
+    def _record_move(self, uow, row, status, reason, reasons=None):
         """A history row, the new status and the event announcing it, for a locked order row.
 
         Core statements rather than the ORM: inventory's answers run this for
         every order, and loading the history and flushing were most of the cost.
         The event carries the order as OrderSchema shows it, less its history.
         """
-        connection = session.connection()  # the session's transaction, without ORM execution
+        connection = uow.session.connection()  # the session's transaction, without ORM execution
         lines = connection.execute(ORDER_LINES, {"order_id": row.id}).all()
         now = utcnow()
         changes = {"status": status, "updated_at": now}
@@ -342,8 +343,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         connection.execute(MOVE_ORDER_WITH_REASONS if reasons is not None else MOVE_ORDER,
                            dict(changes, order_id=row.id))
         order = dict(row._mapping, lines=lines, **changes)
-        # every order event names its order as ``order_id``, like order_created
-        self.outbox.add(session, "order_" + status, dict(order_event_schema.dump(order), order_id=row.id))
+        uow.publish(events.ANNOUNCES[status], order)
         log.info("order %s is now %s (%s)", row.id, status, reason)
 
     def _order(self, session, order_id):
@@ -354,39 +354,30 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
 
     # inventory's answers ------------------------------------------------------
 
-    @event_handler("inventory", "stock_reserved")
-    def confirm_order(self, body):
-        event = parse_event(body, stock_reserved_schema)
-        self._settle(event, "confirm_order", domain.CONFIRMED, "stock reserved")
+    @handles("inventory", "stock_reserved", stock_reserved_schema)
+    def confirm_order(self, uow, event):
+        self._settle(uow, event, domain.CONFIRMED, "stock reserved")
 
-    @event_handler("inventory", "stock_rejected")
-    def reject_order(self, body):
-        event = parse_event(body, stock_rejected_schema)
-        self._settle(event, "reject_order", domain.REJECTED, "stock not available",
-                     reasons=event.data["reasons"])
+    @handles("inventory", "stock_rejected", stock_rejected_schema)
+    def reject_order(self, uow, event):
+        self._settle(uow, event, domain.REJECTED, "stock not available", reasons=event.data["reasons"])
 
-    def _settle(self, event, consumer, status, reason, reasons=None):
+    def _settle(self, uow, event, status, reason, reasons=None):
         """Move the order as inventory answered, unless it already moved on."""
-        with self.db.get_session() as session:
-            if not first_delivery(session, ProcessedEvent, event, consumer):
-                return
-            row = self._lock_order(session, event.data["order_id"])
-            if row is None:
-                log.error("%s for unknown order %s; ignored", event.type, event.data["order_id"])
-                return
-            if not domain.can_become(row.status, status):
-                # e.g. cancelled while inventory was deciding: inventory
-                # releases on order_cancelled, so nothing to undo here.
-                log.info("order %s is %s; %s ignored", row.id, row.status, event.type)
-                return
-            self._record_move(session, row, status, reason, reasons)
+        row = self._lock_order(uow.session, event.data["order_id"])
+        if row is None:
+            log.error("%s for unknown order %s; ignored", event.type, event.data["order_id"])
+            return
+        if not domain.can_become(row.status, status):
+            # e.g. cancelled while inventory was deciding: inventory
+            # releases on order_cancelled, so nothing to undo here.
+            log.info("order %s is %s; %s ignored", row.id, row.status, event.type)
+            return
+        self._record_move(uow, row, status, reason, reasons)
 
-    @event_handler("inventory", "product_changed")
-    def update_catalogue(self, body):
-        event = parse_event(body, product_changed_schema)
-        with self.db.get_session() as session:
-            if first_delivery(session, ProcessedEvent, event, "update_catalogue"):
-                self._apply_product(session, event.data)
+    @handles("inventory", "product_changed", product_changed_schema)
+    def update_catalogue(self, uow, event):
+        self._apply_product(uow.session, event.data)
 
     @staticmethod
     def _apply_product(session, product):

@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from nameko.testing.services import worker_factory
+from tests.helpers import service_worker
 from sqlalchemy import update
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
@@ -23,7 +23,7 @@ from tests import tokens
 
 @pytest.fixture
 def orders(database, outbox):
-    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
+    service = service_worker(OrdersService, db=database("orders"), outbox=outbox,
                              config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3,
                                      "IDEMPOTENCY_KEY_TTL": 60, **tokens.SETTINGS})
     service.auth = TokenVerifier(tokens.SETTINGS)

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from nameko.testing.services import worker_factory
+from tests.helpers import service_worker
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
@@ -139,7 +139,7 @@ def test_an_unreachable_jwks_endpoint_is_503_not_401():
 def orders(database, outbox):
     config = dict(tokens.SETTINGS, MAX_LINE_QUANTITY=10, MAX_ORDER_LINES=3, IDEMPOTENCY_KEY_TTL=60,
                   ORDER_RATE_LIMIT=1000, ANONYMOUS_RATE_LIMIT=1000, RATE_LIMIT_WINDOW=60)
-    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox, config=config)
+    service = service_worker(OrdersService, db=database("orders"), outbox=outbox, config=config)
     service.auth = TokenVerifier(config)
     service.correlation_id = "req-1"
     service.update_catalogue(new_event("inventory", "product_changed", {
