@@ -23,7 +23,7 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.common.db import make_engine  # noqa: E402
 from services.common.events import new_event  # noqa: E402
-from services.orders import domain  # noqa: E402
+from services.orders import domain, handlers  # noqa: E402
 from services.orders.models import CatalogueItem  # noqa: E402
 from services.orders.service import OrdersService  # noqa: E402
 
@@ -46,8 +46,7 @@ def main(uri, role, order_id=None, pause_dir=None):
         with db.get_session() as session:
             session.execute(insert(CatalogueItem).values(sku="RACE-1", name="Race", price=100, active=True,
                                                          version=1))
-        order = worker.place_order({"customer_email": "race@example.com",
-                                    "lines": [{"sku": "RACE-1", "quantity": 1}]})
+        order = worker.create_order("race@example.com", [{"sku": "RACE-1", "quantity": 1}])
         print(json.dumps({"id": order["id"]}))
         return
     if role == "cancel":
@@ -62,11 +61,12 @@ def main(uri, role, order_id=None, pause_dir=None):
                 return real(current, target)
 
             domain.transition = paused
-        order = worker.change_status(order_id, domain.CANCELLED, "race")
+        with worker.uow as uow:
+            order = handlers.change_status(uow, order_id, domain.CANCELLED, "race")
     elif role == "confirm":
         body = new_event("inventory", "stock_reserved", {"order_id": order_id})
         worker.confirm_order(body)
-        order = worker.read_order(order_id)
+        order = worker.get_order(order_id)
     else:
         raise SystemExit("unknown role {}".format(role))
     print(json.dumps({"status": order["status"]}))

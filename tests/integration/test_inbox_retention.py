@@ -2,7 +2,6 @@
 from datetime import timedelta
 
 import pytest
-from tests.helpers import service_worker
 from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
@@ -13,6 +12,7 @@ from services.common.events import utcnow
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
+from tests.helpers import service_worker
 
 
 @pytest.mark.parametrize("service_class", [OrdersService, InventoryService, NotificationsService])

@@ -1,9 +1,9 @@
 import pytest
-from tests.helpers import service_worker
 
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import new_event
 from services.inventory.service import InventoryService
+from tests.helpers import service_worker
 
 
 @pytest.fixture

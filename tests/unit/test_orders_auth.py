@@ -8,7 +8,6 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.helpers import service_worker
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
@@ -20,6 +19,7 @@ from services.orders import ratelimit
 from services.orders.auth import TokenVerifier
 from services.orders.models import Order, RateLimitCounter
 from services.orders.service import OrdersService
+from tests.helpers import service_worker
 from tests import tokens
 
 ANN, BOB = "ann@example.com", "bob@example.com"
@@ -254,6 +254,7 @@ def test_a_token_without_a_verified_email_is_refused_on_customer_routes(orders):
 
 def test_posting_orders_beyond_the_limit_is_429_with_retry_after(orders):
     orders.config.update(ORDER_RATE_LIMIT=2, ANONYMOUS_RATE_LIMIT=1)
+    orders.settings = OrdersService.settings.for_config(orders.config)  # settings are read once, at setup
     place(orders, ANN)
     place(orders, ANN)
     with pytest.raises(ratelimit.TooManyRequests) as limited:
