@@ -16,14 +16,14 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from nameko.testing.services import worker_factory  # noqa: E402
+from tests.helpers import service_worker  # noqa: E402
 from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.common.db import make_engine  # noqa: E402
 from services.common.events import new_event  # noqa: E402
-from services.orders import domain  # noqa: E402
+from services.orders import domain, handlers  # noqa: E402
 from services.orders.models import CatalogueItem  # noqa: E402
 from services.orders.service import OrdersService  # noqa: E402
 
@@ -41,13 +41,12 @@ class Outbox:
 def main(uri, role, order_id=None, pause_dir=None):
     engine = make_engine(uri)
     db = DatabaseWrapper(sessionmaker(bind=engine, class_=Session, expire_on_commit=False))
-    worker = worker_factory(OrdersService, db=db, outbox=Outbox(), config={}, correlation_id=None)
+    worker = service_worker(OrdersService, db=db, outbox=Outbox(), config={}, correlation_id=None)
     if role == "place":
         with db.get_session() as session:
             session.execute(insert(CatalogueItem).values(sku="RACE-1", name="Race", price=100, active=True,
                                                          version=1))
-        order = worker.place_order({"customer_email": "race@example.com",
-                                    "lines": [{"sku": "RACE-1", "quantity": 1}]})
+        order = worker.create_order("race@example.com", [{"sku": "RACE-1", "quantity": 1}])
         print(json.dumps({"id": order["id"]}))
         return
     if role == "cancel":
@@ -62,11 +61,12 @@ def main(uri, role, order_id=None, pause_dir=None):
                 return real(current, target)
 
             domain.transition = paused
-        order = worker.change_status(order_id, domain.CANCELLED, "race")
+        with worker.uow as uow:
+            order = handlers.change_status(uow, order_id, domain.CANCELLED, "race")
     elif role == "confirm":
         body = new_event("inventory", "stock_reserved", {"order_id": order_id})
         worker.confirm_order(body)
-        order = worker.read_order(order_id)
+        order = worker.get_order(order_id)
     else:
         raise SystemExit("unknown role {}".format(role))
     print(json.dumps({"status": order["status"]}))

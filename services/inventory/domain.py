@@ -5,7 +5,10 @@ Stock has two numbers that matter: ``on_hand`` (in the warehouse) and
 reserved`` never goes below zero, and an order's lines are reserved all
 together or not at all.
 """
+from collections import namedtuple
 from dataclasses import dataclass
+
+from . import events
 
 UNKNOWN_SKU = "unknown_sku"
 INSUFFICIENT_STOCK = "insufficient_stock"
@@ -58,3 +61,81 @@ def released(reserved, quantity):
         raise InventoryRuleBroken(
             "cannot release {} when only {} are reserved".format(quantity, reserved))
     return reserved - quantity
+
+
+# A reservation decision's status (``Reservation.status``).
+RESERVED = "reserved"
+REJECTED = "rejected"
+RELEASED = "released"
+CANCELLED_BEFORE_RESERVATION = "cancelled"
+
+Decision = namedtuple("Decision", "status lines reasons events")
+Decision.__doc__ = """What an order's reservation came to: its status, ``{sku: quantity}``,
+the shortfalls (rejected only) and the events it causes, as (declared event, data) pairs."""
+
+
+def as_lines(quantities):
+    return [{"sku": sku, "quantity": quantity} for sku, quantity in sorted(quantities.items())]
+
+
+def reserve(order_id, lines, stock):
+    """Reserve every line of an order, or none: the ``Decision`` and the event it causes.
+
+    ``stock`` takes a line (``take(sku, quantity)``: False when it does not
+    fit; each take is atomic where the stock is kept), gives one back
+    (``give_back``) and says what is available (``available(skus)``: {sku:
+    quantity, or None for an inactive product}; a missing sku is unknown).
+    Lines are taken in sku order, so two orders cannot deadlock; when one does
+    not fit, those already taken are given back before anything commits.
+    """
+    requested = quantities_by_sku(lines)
+    taken = []
+    for sku, quantity in requested.items():
+        if not stock.take(sku, quantity):
+            for done_sku, done_quantity in taken:
+                stock.give_back(done_sku, done_quantity)
+            reasons = [shortfall.to_dict() for shortfall in explain(requested, stock.available(list(requested)), sku)]
+            return Decision(REJECTED, requested, reasons,
+                            [(events.STOCK_REJECTED, {"order_id": order_id, "reasons": reasons})])
+        taken.append((sku, quantity))
+    return Decision(RESERVED, requested, None,
+                    [(events.STOCK_RESERVED, {"order_id": order_id, "lines": as_lines(requested)})])
+
+
+def explain(requested, available, failed_sku):
+    """Why the order did not fit; the line that failed if the stock came back meanwhile."""
+    return shortfalls(requested, available) or [
+        Shortfall(failed_sku, INSUFFICIENT_STOCK, requested[failed_sku], available.get(failed_sku) or 0)]
+
+
+def cancel(order_id, reservation, products):
+    """What an order's cancellation does to its reservation: the new status (or None) and its events.
+
+    ``reservation`` is the order's decision (None if ``order_created`` has not
+    arrived yet); ``products(sku)`` gives a product (locked) whose
+    ``reserved`` is changed here. No decision yet: the tombstone status, so a
+    late ``order_created`` reserves nothing. Reserved: every line given back.
+    Anything else: nothing to do.
+    """
+    if reservation is None:
+        return CANCELLED_BEFORE_RESERVATION, []
+    if reservation.status != RESERVED:
+        return None, []
+    for sku, quantity in sorted(reservation.lines.items()):
+        product = products(sku)
+        product.reserved = released(product.reserved, quantity)
+    return RELEASED, [(events.STOCK_RELEASED, {"order_id": order_id, "lines": as_lines(reservation.lines)})]
+
+
+def change_product(product, changes):
+    """Apply ``changes`` (name, price, active) to ``product``; the events it causes.
+
+    Only a real change counts: it raises the version (orders keeps the newest
+    version it saw) and announces the product.
+    """
+    if not any(getattr(product, key) != value for key, value in changes.items()):
+        return []
+    for key, value in changes.items():
+        setattr(product, key, value)
+    product.version += 1
+    return [(events.PRODUCT_CHANGED, product)]

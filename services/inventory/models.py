@@ -5,6 +5,8 @@ from services.common.consumers import ProcessedEventMixin
 from services.common.events import utcnow
 from services.common.outbox import OutboxMixin
 
+from . import domain
+
 InventoryBase = declarative_base(name="InventoryBase")
 
 
@@ -36,10 +38,11 @@ class Reservation(InventoryBase):
 
     __tablename__ = "reservations"
 
-    RESERVED = "reserved"
-    REJECTED = "rejected"
-    RELEASED = "released"
-    CANCELLED_BEFORE_RESERVATION = "cancelled"
+    # the statuses are the domain's
+    RESERVED = domain.RESERVED
+    REJECTED = domain.REJECTED
+    RELEASED = domain.RELEASED
+    CANCELLED_BEFORE_RESERVATION = domain.CANCELLED_BEFORE_RESERVATION
 
     order_id = Column(String(36), primary_key=True)
     status = Column(String(20), nullable=False)

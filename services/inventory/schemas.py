@@ -1,4 +1,6 @@
-"""What inventory accepts over RPC and what its events carry.
+"""What inventory accepts over RPC, and its read schemas for the events it consumes.
+
+The events it publishes are declared in ``events.py``.
 
 The limits are the ones orders' HTTP API applies (``services.common.validation``),
 so a value refused over HTTP is refused over RPC, before anything is written.
@@ -42,16 +44,6 @@ class ProductSchema(Schema):
     available = fields.Integer()
     active = fields.Boolean()
     version = fields.Integer()
-
-
-class ProductChangedSchema(Schema):
-    """Event ``product_changed``: a catalogue entry as of ``version``."""
-
-    sku = fields.String(required=True)
-    name = fields.String(required=True)
-    price = fields.Integer(required=True)
-    active = fields.Boolean(required=True)
-    version = fields.Integer(required=True)
 
 
 # Events from orders that inventory consumes.

@@ -76,3 +76,12 @@ def check_total(total):
     if total > MAX_ORDER_TOTAL:
         raise TotalTooLarge(total)
     return total
+
+
+def is_newer(version, current):
+    """The catalogue rule: a product change applies only over an older copy (or none).
+
+    Events may arrive out of order or twice; versions only grow, so the
+    newest one seen wins.
+    """
+    return current is None or version > current

@@ -17,6 +17,7 @@ from .schemas import (
     NewProductSchema, OrderPageSchema, OrderSchema, ProductChangesSchema, ProductListSchema, ProductSchema,
     ReadinessSchema, RestockSchema, SKU_PATTERN, place_order_schema,
 )
+from .settings import OrdersSettings
 
 VERSION = "1.0.0"
 
@@ -95,7 +96,8 @@ CUSTOMER_ERRORS = ("Unauthorized", "Forbidden")
 UPSTREAM = ("BadGateway", "ServiceUnavailable")
 
 
-def build_spec(max_line_quantity=1000, max_order_lines=100):
+def build_spec(max_line_quantity=OrdersSettings.max_line_quantity,
+               max_order_lines=OrdersSettings.max_order_lines):
     spec = APISpec(title="Orders API", version=VERSION, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION},
                    security=CUSTOMER)  # the default; public operations say security: []
@@ -235,7 +237,6 @@ def _document(max_line_quantity, max_order_lines):
     return json.dumps(build_spec(max_line_quantity, max_order_lines).to_dict())
 
 
-def openapi_document(config):
-    """The document for this deployment's limits (built once per set of limits)."""
-    return json.loads(_document(int(config.get("MAX_LINE_QUANTITY") or 1000),
-                                int(config.get("MAX_ORDER_LINES") or 100)))
+def openapi_document(settings):
+    """The document for this deployment's limits (``OrdersSettings``; built once per set of limits)."""
+    return json.loads(_document(settings.max_line_quantity, settings.max_order_lines))

@@ -40,8 +40,8 @@ class _LineSchema(_Strict):
 
 
 @functools.lru_cache(maxsize=8)
-def place_order_schema(max_quantity=1000, max_lines=100):
-    """The body of ``POST /orders``; limits come from config.
+def place_order_schema(max_quantity, max_lines):
+    """The body of ``POST /orders``; limits come from ``OrdersSettings``.
 
     A sku may appear once per order: a repeated sku is refused, not merged,
     so that what the client sent is exactly what is stored.

@@ -95,11 +95,11 @@ def test_log_format_json_gives_one_json_object_per_line_with_the_correlation_id(
 
     def queued():
         return [line for line in _json_lines(os.path.join(system.log_dir, "notifications.1.log"))
-                if line.get("logger") == "services.notifications.service" and order_id in line["message"]]
+                if line.get("logger") == "services.notifications.handlers" and order_id in line["message"]]
     notified = eventually(queued, message="notification queued")
 
     reserved = [line for line in _json_lines(os.path.join(system.log_dir, "inventory.1.log"))
-                if line.get("logger") == "services.inventory.service" and order_id in line.get("message", "")]
+                if line.get("logger") == "services.inventory.handlers" and order_id in line.get("message", "")]
     assert reserved, "inventory logged nothing about the order"
     for line in reserved + notified:
         assert line["correlation_id"] == request_id

@@ -2,7 +2,6 @@
 from datetime import timedelta
 
 import pytest
-from nameko.testing.services import worker_factory
 from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
@@ -13,6 +12,7 @@ from services.common.events import utcnow
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
+from tests.helpers import service_worker
 
 
 @pytest.mark.parametrize("service_class", [OrdersService, InventoryService, NotificationsService])
@@ -29,7 +29,7 @@ def test_entries_older_than_the_retention_are_forgotten_in_batches(
     try:
         with engine.begin() as connection:
             connection.execute(insert(table), old + recent)
-        service = worker_factory(
+        service = service_worker(
             service_class, config={"INBOX_RETENTION_DAYS": 7},
             db=DatabaseWrapper(sessionmaker(bind=engine, class_=Session, expire_on_commit=False)))
 

@@ -12,6 +12,7 @@ import pytest
 from kombu import Connection
 
 from services.common import consumers
+from services.common import uow as unit_of_work
 from services.common.consumers import ATTEMPT_HEADER
 from services.common.events import new_event
 from services.inventory import service as inventory_service
@@ -31,15 +32,15 @@ def publish_to_queue(config, body, headers):
 
 @pytest.fixture
 def handled(monkeypatch):
-    """How many times inventory's reserve_stock looked at each event id."""
+    """How many times inventory's reserve_stock looked at each event id (parsed by its unit of work)."""
     seen = {}
-    real = inventory_service.parse_event
+    real = unit_of_work.parse_event
 
     def counting(body, schema):
         key = body.get("id") if isinstance(body, dict) else repr(body)
         seen[key] = seen.get(key, 0) + 1
         return real(body, schema)
-    monkeypatch.setattr(inventory_service, "parse_event", counting)
+    monkeypatch.setattr(unit_of_work, "parse_event", counting)
     return seen
 
 

@@ -14,7 +14,7 @@ from services.common.errors import InvalidInput, NotFound, ServiceError, Service
 from services.common.http import (
     Cors, JsonHttpHandler, MalformedJson, UnsupportedMediaType, error_body, read_headers, read_json, read_query,
 )
-from services.orders.api import check_broker
+from services.common.health import check_broker
 from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema
 from tests.helpers import free_port
 

@@ -5,7 +5,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from nameko.testing.services import worker_factory
 from sqlalchemy import update
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
@@ -13,17 +12,20 @@ from werkzeug.wrappers import Request
 from services.common.errors import Conflict, InvalidInput
 from services.common.events import new_event, utcnow
 from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.orders import handlers
 from services.orders.auth import TokenVerifier
 from services.orders.models import IdempotencyKey, Order
 from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor
 from services.orders.service import OrdersService
+from services.orders.settings import OrdersSettings
+from tests.helpers import service_worker
 from tests import tokens
 
 
 @pytest.fixture
 def orders(database, outbox):
-    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
+    service = service_worker(OrdersService, db=database("orders"), outbox=outbox,
                              config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3,
                                      "IDEMPOTENCY_KEY_TTL": 60, **tokens.SETTINGS})
     service.auth = TokenVerifier(tokens.SETTINGS)
@@ -33,41 +35,53 @@ def orders(database, outbox):
     return service
 
 
+def place_once(orders, body, key):
+    """The use case behind POST /orders with an Idempotency-Key, as the HTTP handler calls it."""
+    data = handlers.order_request(body, orders.settings)
+    return handlers.place_order_once(orders.uow, data, key, orders.settings.idempotency_key_ttl,
+                                     orders.correlation_id)
+
+
+def find(orders, query):
+    with orders.uow as uow:
+        return handlers.find_orders(uow, query)
+
+
 def body(quantity=1, email="ann@example.com"):
     return {"customer_email": email, "lines": [{"sku": "A", "quantity": quantity}]}
 
 
 def test_the_same_key_and_body_replays_the_first_answer_without_a_second_order(orders, outbox):
-    status, first, replayed = orders.place_order_once(body(), "key-1")
+    status, first, replayed = place_once(orders, body(), "key-1")
     assert (status, replayed) == (202, False)
     # same content, other key order and spacing: the same request
-    assert orders.place_order_once({"lines": [{"quantity": 1, "sku": "A"}],
+    assert place_once(orders, {"lines": [{"quantity": 1, "sku": "A"}],
                                     "customer_email": "ann@example.com"}, "key-1") == (202, first, True)
     assert outbox.types() == ["order_created"]
     assert len(orders.list_orders()) == 1
 
 
 def test_the_same_key_with_another_body_is_a_conflict(orders, outbox):
-    orders.place_order_once(body(1), "key-1")
+    place_once(orders, body(1), "key-1")
     with pytest.raises(Conflict) as error:
-        orders.place_order_once(body(2), "key-1")
+        place_once(orders, body(2), "key-1")
     assert "Idempotency-Key" in error.value.details
     assert outbox.types() == ["order_created"]
 
 
 def test_an_invalid_body_is_refused_and_does_not_use_up_the_key(orders):
     with pytest.raises(InvalidInput):
-        orders.place_order_once(body(99), "key-1")
-    assert orders.place_order_once(body(2), "key-1")[2] is False
+        place_once(orders, body(99), "key-1")
+    assert place_once(orders, body(2), "key-1")[2] is False
 
 
 def test_expired_keys_are_free_again_and_purged(orders, outbox):
-    orders.place_order_once(body(1), "old")
-    orders.place_order_once(body(1), "fresh")
+    place_once(orders, body(1), "old")
+    place_once(orders, body(1), "fresh")
     with orders.db.get_session() as session:
         session.execute(update(IdempotencyKey).where(IdempotencyKey.key == "old")
                         .values(created_at=utcnow() - timedelta(seconds=61)))
-    status, order, replayed = orders.place_order_once(body(2), "old")
+    status, order, replayed = place_once(orders, body(2), "old")
     assert (status, replayed) == (202, False) and order["lines"][0]["quantity"] == 2
 
     with orders.db.get_session() as session:
@@ -94,7 +108,7 @@ def test_pages_follow_created_at_then_id_even_when_timestamps_tie(orders):
     seen, cursor = [], None
     while True:
         query = {"limit": 2, **({"cursor": decode_cursor(cursor)} if cursor else {})}
-        page = orders.find_orders(query)
+        page = find(orders, query)
         seen += [order["id"] for order in page["orders"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -177,7 +191,7 @@ def test_the_document_describes_every_route_and_only_those():
 
 
 def test_the_document_carries_the_configured_limits():
-    doc = openapi_document({"MAX_LINE_QUANTITY": 7, "MAX_ORDER_LINES": 2})
+    doc = openapi_document(OrdersSettings.from_config({"MAX_LINE_QUANTITY": 7, "MAX_ORDER_LINES": 2}))
     place = doc["components"]["schemas"]["PlaceOrder"]
     assert place["properties"]["lines"]["maxItems"] == 2
     assert place["additionalProperties"] is False

@@ -25,3 +25,81 @@ def test_release_cannot_free_more_than_is_reserved():
     assert domain.released(5, 5) == 0
     with pytest.raises(domain.InventoryRuleBroken):
         domain.released(2, 3)
+
+
+class FakeStock:
+    """Stock as ``domain.reserve`` sees it, in a dict: {sku: available, or None if inactive}."""
+
+    def __init__(self, available):
+        self.left = dict(available)
+        self.calls = []
+
+    def take(self, sku, quantity):
+        self.calls.append(("take", sku, quantity))
+        if self.left.get(sku) is None or self.left[sku] < quantity:
+            return False
+        self.left[sku] -= quantity
+        return True
+
+    def give_back(self, sku, quantity):
+        self.calls.append(("give_back", sku, quantity))
+        self.left[sku] += quantity
+
+    def available(self, skus):
+        return {sku: self.left[sku] for sku in skus if sku in self.left}
+
+
+def test_a_reservation_takes_every_line_in_sku_order_and_announces_it():
+    stock = FakeStock({"A": 5, "B": 5})
+    decision = domain.reserve("o-1", [{"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 2}], stock)
+    assert (decision.status, decision.lines, decision.reasons) == (domain.RESERVED, {"A": 2, "B": 1}, None)
+    assert [call[1] for call in stock.calls] == ["A", "B"]
+    assert [(event.name, data) for event, data in decision.events] == [
+        ("stock_reserved", {"order_id": "o-1", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]})]
+
+
+def test_a_line_that_does_not_fit_gives_back_what_was_taken_and_rejects_with_reasons():
+    stock = FakeStock({"A": 5, "B": 1})
+    decision = domain.reserve("o-1", [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 2}], stock)
+    assert stock.left == {"A": 5, "B": 1}
+    assert stock.calls[-1] == ("give_back", "A", 2)
+    assert decision.status == domain.REJECTED
+    assert [(event.name, data) for event, data in decision.events] == [("stock_rejected", {
+        "order_id": "o-1", "reasons": [{"sku": "B", "reason": "insufficient_stock", "requested": 2, "available": 1}]})]
+
+
+class Held:
+    def __init__(self, status, lines):
+        self.status, self.lines = status, lines
+
+
+class Stocked:
+    def __init__(self, reserved):
+        self.reserved = reserved
+
+
+def test_cancelling_before_the_reservation_leaves_a_tombstone_and_announces_nothing():
+    assert domain.cancel("o-1", None, products=None) == (domain.CANCELLED_BEFORE_RESERVATION, [])
+
+
+def test_cancelling_a_reservation_gives_every_line_back_once():
+    products = {"A": Stocked(3), "B": Stocked(1)}
+    status, caused = domain.cancel("o-1", Held(domain.RESERVED, {"B": 1, "A": 2}), products.get)
+    assert status == domain.RELEASED and (products["A"].reserved, products["B"].reserved) == (1, 0)
+    assert [(event.name, data) for event, data in caused] == [
+        ("stock_released", {"order_id": "o-1", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]})]
+    assert domain.cancel("o-1", Held(domain.RELEASED, {"A": 2}), products.get) == (None, [])
+    assert domain.cancel("o-1", Held(domain.REJECTED, {"A": 2}), products.get) == (None, [])
+
+
+class Product:
+    def __init__(self):
+        self.name, self.price, self.active, self.version = "Apple", 100, True, 1
+
+
+def test_only_a_real_product_change_raises_the_version_and_is_announced():
+    product = Product()
+    assert domain.change_product(product, {"price": 100}) == [] and product.version == 1
+    caused = domain.change_product(product, {"price": 120, "name": "Apple"})
+    assert product.version == 2 and product.price == 120
+    assert [(event.name, data) for event, data in caused] == [("product_changed", product)]

@@ -1,14 +1,14 @@
 import pytest
-from nameko.testing.services import worker_factory
 
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import new_event
 from services.inventory.service import InventoryService
+from tests.helpers import service_worker
 
 
 @pytest.fixture
 def inventory(database, outbox):
-    service = worker_factory(InventoryService, db=database("inventory"), outbox=outbox)
+    service = service_worker(InventoryService, db=database("inventory"), outbox=outbox)
     service.create_product("A", "Apple", 100, 5)
     service.create_product("B", "Banana", 50, 1)
     outbox.events.clear()
@@ -21,7 +21,7 @@ def order_created(order_id, *lines):
 
 
 def test_new_products_are_announced_for_other_services(database, outbox):
-    service = worker_factory(InventoryService, db=database("inventory"), outbox=outbox)
+    service = service_worker(InventoryService, db=database("inventory"), outbox=outbox)
     product = service.create_product("A", "Apple", 100, 5)
     assert product == {"sku": "A", "name": "Apple", "price": 100, "on_hand": 5, "reserved": 0,
                        "available": 5, "active": True, "version": 1}

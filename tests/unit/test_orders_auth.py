@@ -8,7 +8,6 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from nameko.testing.services import worker_factory
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
@@ -20,6 +19,7 @@ from services.orders import ratelimit
 from services.orders.auth import TokenVerifier
 from services.orders.models import Order, RateLimitCounter
 from services.orders.service import OrdersService
+from tests.helpers import service_worker
 from tests import tokens
 
 ANN, BOB = "ann@example.com", "bob@example.com"
@@ -139,7 +139,7 @@ def test_an_unreachable_jwks_endpoint_is_503_not_401():
 def orders(database, outbox):
     config = dict(tokens.SETTINGS, MAX_LINE_QUANTITY=10, MAX_ORDER_LINES=3, IDEMPOTENCY_KEY_TTL=60,
                   ORDER_RATE_LIMIT=1000, ANONYMOUS_RATE_LIMIT=1000, RATE_LIMIT_WINDOW=60)
-    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox, config=config)
+    service = service_worker(OrdersService, db=database("orders"), outbox=outbox, config=config)
     service.auth = TokenVerifier(config)
     service.correlation_id = "req-1"
     service.update_catalogue(new_event("inventory", "product_changed", {
@@ -254,6 +254,7 @@ def test_a_token_without_a_verified_email_is_refused_on_customer_routes(orders):
 
 def test_posting_orders_beyond_the_limit_is_429_with_retry_after(orders):
     orders.config.update(ORDER_RATE_LIMIT=2, ANONYMOUS_RATE_LIMIT=1)
+    orders.settings = OrdersService.settings.for_config(orders.config)  # settings are read once, at setup
     place(orders, ANN)
     place(orders, ANN)
     with pytest.raises(ratelimit.TooManyRequests) as limited:

@@ -1,14 +1,14 @@
 import pytest
-from nameko.testing.services import worker_factory
 
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.events import new_event
 from services.orders.service import OrdersService
+from tests.helpers import service_worker
 
 
 @pytest.fixture
 def orders(database, outbox):
-    service = worker_factory(OrdersService, db=database("orders"), outbox=outbox,
+    service = service_worker(OrdersService, db=database("orders"), outbox=outbox,
                              config={"MAX_LINE_QUANTITY": 10, "MAX_ORDER_LINES": 3})
     service.correlation_id = "req-1"
     service.update_catalogue(new_event("inventory", "product_changed", {
@@ -80,8 +80,9 @@ def test_inventory_answers_announce_the_order_as_stored(orders, outbox, answer, 
     assert [(change["from"], change["to"]) for change in stored["history"]] == [(None, "pending"), ("pending", status)]
     event_type, payload = outbox.events[-1]
     assert event_type == "order_" + status
-    expected = {key: value for key, value in stored.items() if key != "history"}
-    assert payload == dict(expected, order_id=order["id"])
+    # the order as stored, less its history, named by ``order_id`` only (as order_created names it)
+    expected = {("order_id" if key == "id" else key): value for key, value in stored.items() if key != "history"}
+    assert payload == expected
 
 
 def test_cancel_twice_is_a_conflict_not_a_second_release(orders, outbox):

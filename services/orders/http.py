@@ -1,8 +1,10 @@
 """The HTTP API of the orders service: the system's front door.
 
-Handlers only translate between HTTP and the service's own methods (or
-inventory's RPC for the catalogue); every rule lives in those methods and the
-domain, so HTTP and RPC behave alike. Every body, query string and header a
+Handlers only translate between HTTP and the use cases in ``handlers.py``,
+which they call explicitly in a unit of work (or inventory's RPC for the
+catalogue); every rule lives in the use cases and the domain, so HTTP and RPC
+behave alike. The routes are methods of ``HttpApi``, which ``OrdersService``
+lists among its bases: nameko finds entrypoints on the service class. Every body, query string and header a
 client controls is validated by a schema from ``schemas.py``, the same one the
 OpenAPI document (``openapi.py``) is generated from.
 
@@ -12,21 +14,24 @@ a 404, as if it did not exist. A token with the admin scope may do all of
 that for any customer and write the catalogue. Catalogue reads, /health,
 /ready and /openapi.json are public.
 """
+import logging
 from urllib.parse import quote
 
 from services.common.brokers import ssl_options
 from services.common.errors import NotFound
-from services.common.health import DEFAULT_READY_TIMEOUT, check_broker, check_database, readiness
+from services.common.health import check_broker, check_database, readiness
 from services.common.http import Forbidden, http, json_response, read_headers, read_json, read_query
 from services.common.validation import order_id_or_none
 
-from . import ratelimit
+from . import domain, handlers, ratelimit
 from .auth import BearerAuth, InsufficientScope, NotAuthenticated, normalise_email
 from .openapi import openapi_document
 from .schemas import (
     CancelOrderSchema, EmptyQuerySchema, IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema,
     ProductChangesSchema, ProductSchema, RestockSchema, is_sku,
 )
+
+log = logging.getLogger(__name__)
 
 # inventory's answers are passed on as documented, nothing more
 product_schema = ProductSchema()
@@ -35,14 +40,6 @@ product_schema = ProductSchema()
 empty_query_schema = EmptyQuerySchema()
 idempotency_header_schema = IdempotencyHeaderSchema()
 
-DEFAULT_ORDER_RATE_LIMIT = 30
-DEFAULT_ANONYMOUS_RATE_LIMIT = 30
-DEFAULT_RATE_LIMIT_WINDOW = 60
-
-
-def order_not_found(order_id):
-    """The one answer for a missing order and for another customer's (which must not be revealed)."""
-    return NotFound("No order with id {}.".format(order_id), details={"order_id": [str(order_id)]})
 
 
 class HttpApi:
@@ -69,15 +66,15 @@ class HttpApi:
             raise InsufficientScope(self.auth.admin_scope)
         return identity
 
-    def _rate_limit(self, bucket, limit_key, default_limit):
-        limit = int(self.config.get(limit_key) if self.config.get(limit_key) is not None else default_limit)
-        window = int(self.config.get("RATE_LIMIT_WINDOW") or DEFAULT_RATE_LIMIT_WINDOW)
-        with self.db.get_session() as session:
+    def _rate_limit(self, bucket, limit):
+        refused = None
+        with self.uow as uow:
             try:
-                ratelimit.hit(session, bucket, limit, window)
-            except ratelimit.TooManyRequests:
-                session.commit()  # a refused attempt counts too: hammering does not reset the window
-                raise
+                ratelimit.hit(uow.session, bucket, limit, self.settings.rate_limit_window)
+            except ratelimit.TooManyRequests as exc:
+                refused = exc  # committed with the block: a refused attempt counts too
+        if refused is not None:
+            raise refused
 
     @staticmethod
     def _owns(identity, order):
@@ -92,10 +89,9 @@ class HttpApi:
             identity = self._customer(request)
         except NotAuthenticated:
             # unauthenticated attempts are limited per client address (token guessing)
-            self._rate_limit("address:{}".format(request.remote_addr), "ANONYMOUS_RATE_LIMIT",
-                             DEFAULT_ANONYMOUS_RATE_LIMIT)
+            self._rate_limit("address:{}".format(request.remote_addr), self.settings.anonymous_rate_limit)
             raise
-        self._rate_limit("customer:{}".format(identity.subject), "ORDER_RATE_LIMIT", DEFAULT_ORDER_RATE_LIMIT)
+        self._rate_limit("customer:{}".format(identity.subject), self.settings.order_rate_limit)
         read_query(request, empty_query_schema)
         headers = read_headers(request, idempotency_header_schema)
         body = read_json(request)
@@ -107,10 +103,15 @@ class HttpApi:
             if isinstance(claimed, str):
                 body["customer_email"] = identity.email
         key = headers.get("idempotency_key")
+        data = handlers.order_request(body, self.settings)
         if key is None:
-            status, order, replayed = 202, self.place_order(body), False
+            with self.uow as uow:
+                status, order, replayed = 202, handlers.place_order(uow, data, self.correlation_id), False
         else:
-            status, order, replayed = self.place_order_once(body, key)
+            status, order, replayed = handlers.place_order_once(
+                self.uow, data, key, self.settings.idempotency_key_ttl, self.correlation_id)
+        if not replayed:
+            log.info("order %s placed (%d lines, total %d)", order["id"], len(order["lines"]), order["total"])
         response_headers = {"Location": "/orders/{}".format(quote(str(order["id"]), safe=""))}
         if key is not None:
             response_headers["Idempotent-Replayed"] = "true" if replayed else "false"
@@ -126,15 +127,17 @@ class HttpApi:
                 raise Forbidden("Customers list only their own orders.",
                                 details={"customer_email": ["Must be the token's email or left out."]})
             query["customer_email"] = identity.email
-        return self.find_orders(query)
+        with self.uow as uow:
+            return handlers.find_orders(uow, query)
 
     @http("GET", "/orders/<string:order_id>")
     def http_get_order(self, request, order_id):
         identity = self._customer(request)
         read_query(request, empty_query_schema)
-        order = self.read_order(self._known_order_id(order_id))
+        with self.uow as uow:
+            order = handlers.read_order(uow, self._known_order_id(order_id))
         if not self._owns(identity, order):
-            raise order_not_found(order["id"])  # the same answer as for no order at all
+            raise handlers.order_not_found(order["id"])  # the same answer as for no order at all
         return order
 
     @http("POST", "/orders/<string:order_id>/cancel")
@@ -143,8 +146,9 @@ class HttpApi:
         read_query(request, empty_query_schema)
         order_id = self._known_order_id(order_id)
         data = read_json(request, CancelOrderSchema(), optional=True)
-        return self.change_status(order_id, "cancelled", data["reason"],
-                                  owner=None if identity.admin else identity.email)
+        with self.uow as uow:
+            return handlers.change_status(uow, order_id, domain.CANCELLED, data["reason"],
+                                          owner=None if identity.admin else identity.email)
 
     @staticmethod
     def _known_order_id(order_id):
@@ -214,11 +218,11 @@ class HttpApi:
         Inventory is not checked: orders are accepted while it is down (they
         wait for it), so its outage must not take orders out of a load balancer.
         """
-        timeout = float(self.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
+        timeout = self.settings.ready_timeout
         return readiness({"broker": check_broker(self.config["AMQP_URI"], timeout, ssl_options(self.config)),
                           "database": check_database(self.db.get_session, timeout)})
 
     @http("GET", "/openapi.json", ops=True)
     def http_openapi(self, request):
-        return json_response(200, openapi_document(self.config))
+        return json_response(200, openapi_document(self.settings))
 

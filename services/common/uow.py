@@ -1,0 +1,144 @@
+"""The unit of work: one transaction, the inbox check and the outbox, together.
+
+Every change a service makes follows the same steps: open a session, (for an
+event) record the delivery in the inbox so a redelivery changes nothing
+twice, apply the effect, stage the events it causes in the outbox, commit.
+``UnitOfWork`` owns those steps so a use case only applies the effect:
+
+    with self.uow as uow:
+        order = store.lock_order(uow.session, order_id)
+        uow.publish(events.ORDER_CANCELLED, order)
+
+and ``handles`` makes an event entrypoint that parses the event with the
+consumer's read schema, opens the unit of work, checks the inbox and only
+then calls the method, with the unit of work and the parsed event:
+
+    @handles("orders", "order_created", OrderCreatedSchema())
+    def reserve_stock(self, uow, event):
+        handlers.reserve_stock(uow, event.data)
+
+The unit of work uses the worker's own ``db`` and ``outbox`` dependencies, so
+it behaves the same when a test replaces them (``worker_factory``); a test
+that builds a worker that way gives it ``uow=Service.uow.for_service(worker)``.
+"""
+import functools
+
+from nameko.extensions import DependencyProvider
+
+from .consumers import event_handler, first_delivery
+from .events import parse_event
+
+
+class UnitOfWork(DependencyProvider):
+    """``self.uow`` in a service: ``with self.uow as uow`` is one transaction.
+
+    ``inbox`` is the service's ProcessedEvent model; ``db`` and ``outbox``
+    name the service's database and outbox dependencies (a service without
+    an outbox passes ``outbox=None``).
+    """
+
+    def __init__(self, inbox, db="db", outbox="outbox"):
+        self.inbox = inbox
+        self.db_attr = db
+        self.outbox_attr = outbox
+
+    def get_dependency(self, worker_ctx):
+        return self.for_service(worker_ctx.service)
+
+    def for_service(self, service):
+        return Work(service, self.inbox, self.db_attr, self.outbox_attr)
+
+
+class NoOutbox(Exception):
+    """A unit of work without an outbox was asked to publish."""
+
+
+class Work:
+    """One worker's unit of work; each ``with`` is a new transaction.
+
+    Inside it: ``session`` (the SQLAlchemy session), ``first_delivery(event,
+    consumer)``, ``publish(event, data)``, and ``after_commit(fn)`` /
+    ``after_rollback(fn)`` for what must happen once the outcome is known.
+    It commits when the block ends normally and rolls back if it raises.
+    """
+
+    def __init__(self, service, inbox, db_attr, outbox_attr):
+        self._service = service
+        self._inbox = inbox
+        self._db_attr = db_attr
+        self._outbox_attr = outbox_attr
+        self.session = None
+        self._on_commit = []
+        self._on_rollback = []
+
+    def __enter__(self):
+        if self.session is not None:
+            raise RuntimeError("a unit of work is not reentrant: finish one before starting the next")
+        self._on_commit, self._on_rollback = [], []
+        self._session_scope = getattr(self._service, self._db_attr).get_session()
+        self.session = self._session_scope.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        on_commit, on_rollback = self._on_commit, self._on_rollback
+        try:
+            self._session_scope.__exit__(exc_type, exc, traceback)  # commits, or rolls back
+        except BaseException:
+            _run(on_rollback)
+            raise
+        finally:
+            self.session = self._session_scope = None
+        _run(on_rollback if exc_type is not None else on_commit)
+        return False
+
+    def first_delivery(self, event, consumer):
+        """Record ``event`` in the inbox as handled by ``consumer``; False if it already was."""
+        return first_delivery(self.session, self._inbox, event, consumer)
+
+    def publish(self, event, data):
+        """Stage ``event`` (a declared ``services.<service>.events`` event, or its name) in the outbox.
+
+        A declared event dumps ``data`` through its schema; the message goes
+        out once this unit of work commits. Returns the envelope.
+        """
+        outbox = getattr(self._service, self._outbox_attr) if self._outbox_attr else None
+        if outbox is None:
+            raise NoOutbox("this service publishes no events")
+        name, body = (event.name, event.dump(data)) if hasattr(event, "dump") else (event, data)
+        return outbox.add(self.session, name, body)
+
+    def after_commit(self, callback):
+        self._on_commit.append(callback)
+
+    def after_rollback(self, callback):
+        self._on_rollback.append(callback)
+
+
+def _run(callbacks):
+    for callback in callbacks:
+        callback()
+
+
+def handles(source, event_type, schema, inbox_name=None, uow="uow"):
+    """An event entrypoint whose method runs in a unit of work, once per event.
+
+    The body is parsed with ``schema`` (the consumer's own read schema; a
+    malformed event is dead-lettered, see ``services.common.events``), the
+    delivery is recorded in the inbox under ``inbox_name`` (default: the
+    method's name) and the method is called as ``method(self, uow, event)``
+    inside the transaction; a redelivered event never reaches it.
+    """
+    def decorate(method):
+        consumer = inbox_name or method.__name__
+
+        @functools.wraps(method)
+        def entrypoint(self, body):
+            event = parse_event(body, schema)
+            with getattr(self, uow) as work:
+                if not work.first_delivery(event, consumer):
+                    return None
+                return method(self, work, event)
+
+        entrypoint.handles = (source, event_type, schema, consumer)
+        return event_handler(source, event_type)(entrypoint)
+    return decorate

@@ -1,0 +1,101 @@
+"""Orders' storage: the statements every order runs, built once.
+
+Building a SELECT or UPDATE and computing its cache key cost SQLAlchemy 3-4
+times as much as running a prebuilt one with parameters (measured: ~300 us
+against ~70 us on SQLite). They run as Core on the session's own connection:
+the ORM's unit of work (flush, dependency sort, identity map) was the largest
+share of the orders process's CPU, for rows written once and never touched
+again in that transaction.
+"""
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+
+from services.common.events import as_utc
+
+from .models import CatalogueItem, IdempotencyKey, Order, OrderLine, StatusChange
+
+_orders, _lines, _history = Order.__table__, OrderLine.__table__, StatusChange.__table__
+_catalogue = CatalogueItem.__table__
+PRICES = (select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price)
+          .where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)), _catalogue.c.active.is_(True)))
+INSERT_ORDER, INSERT_LINES, INSERT_HISTORY = insert(_orders), insert(_lines), insert(_history)
+LOCK_ORDER = select(_orders).where(_orders.c.id == bindparam("order_id")).with_for_update()
+ORDER_LINES = select(_lines).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+MOVE_ORDER = (update(_orders).where(_orders.c.id == bindparam("order_id"))
+              .values(status=bindparam("status"), updated_at=bindparam("updated_at")))
+MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
+
+
+def prices(session, skus):
+    """{sku: (name, unit price)} of the orderable products among ``skus``."""
+    return {sku: (name, price) for sku, name, price in session.connection().execute(PRICES, {"skus": skus})}
+
+
+def insert_order(session, order_id, data, priced, total, correlation_id, status, now):
+    """The order, its lines and its first history row."""
+    connection = session.connection()
+    connection.execute(INSERT_ORDER, {
+        "id": order_id, "customer_email": data["customer_email"], "status": status,
+        "total": total, "reasons": None, "correlation_id": correlation_id, "created_at": now, "updated_at": now})
+    connection.execute(INSERT_LINES, [
+        {"order_id": order_id, "position": index, "sku": line["sku"], "name": line["name"],
+         "quantity": line["quantity"], "unit_price": line["unit_price"]} for index, line in enumerate(priced)])
+    connection.execute(INSERT_HISTORY, {
+        "order_id": order_id, "from_status": None, "to_status": status, "reason": "placed", "at": now})
+
+
+def lock_order(session, order_id):
+    """The order's row, locked for this transaction (PostgreSQL), or None."""
+    return session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).first()
+
+
+def move_order(session, row, status, reason, reasons, now):
+    """A history row and the new status for a locked order row; the order as it now is (a dict)."""
+    connection = session.connection()
+    lines = connection.execute(ORDER_LINES, {"order_id": row.id}).all()
+    changes = {"status": status, "updated_at": now}
+    if reasons is not None:
+        changes["reasons"] = reasons
+    connection.execute(INSERT_HISTORY, {
+        "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason, "at": now})
+    connection.execute(MOVE_ORDER_WITH_REASONS if reasons is not None else MOVE_ORDER,
+                       dict(changes, order_id=row.id))
+    return dict(row._mapping, lines=lines, **changes)
+
+
+def order(session, order_id):
+    """The order (ORM, with lines and history), or None."""
+    return session.scalars(select(Order).where(Order.id == str(order_id))).first()
+
+
+def orders_page(session, limit, status=None, customer_email=None, after=None):
+    """Up to ``limit + 1`` orders, newest first, strictly after the (created_at, id) ``after``."""
+    statement = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
+    if status is not None:
+        statement = statement.where(Order.status == status)
+    if customer_email is not None:
+        statement = statement.where(Order.customer_email == customer_email)
+    if after:
+        created_at, order_id = after
+        statement = statement.where(or_(
+            Order.created_at < created_at, and_(Order.created_at == created_at, Order.id < order_id)))
+    return session.scalars(statement).all()
+
+
+def catalogue(session):
+    return session.scalars(select(CatalogueItem).order_by(CatalogueItem.sku)).all()
+
+
+def idempotency_key(session, customer, key, cutoff):
+    """The stored key, unless it is older than ``cutoff`` (then it is free again)."""
+    record = session.get(IdempotencyKey, (customer, key))
+    return None if record is None or as_utc(record.created_at) < cutoff else record
+
+
+def free_expired_key(session, customer, key, cutoff):
+    """A bulk delete: a racing twin may already have removed it."""
+    session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.customer == customer, IdempotencyKey.key == key, IdempotencyKey.created_at < cutoff))
+
+
+def forget_keys(session, cutoff):
+    return session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)).rowcount
