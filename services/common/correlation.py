@@ -41,6 +41,11 @@ def current_correlation_id():
     return getattr(_current, "value", None)
 
 
+def set_current_correlation_id(value):
+    """Make ``value`` (or None) the id of this green thread's log lines, outside a worker."""
+    _current.value = value
+
+
 class CorrelationId(DependencyProvider):
     """Makes sure every worker has a valid correlation id and exposes it to logging.
 

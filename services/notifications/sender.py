@@ -229,13 +229,13 @@ class Sender(DependencyProvider):
             log.exception("notification %s: delivery failed unexpectedly; it goes again "
                           "when its claim lapses", row.id)
         finally:
-            correlation._current.value = None
+            correlation.set_current_correlation_id(None)
             if self._room_wanted:
                 self.wake()
 
     def deliver(self, row):
         """Send one claimed notification (a row from ``_claim``) and record the attempt."""
-        correlation._current.value = row.correlation_id
+        correlation.set_current_correlation_id(row.correlation_id)
         outgoing = Outgoing(
             id=row.id, key="{}:{}".format(row.event_id, row.channel), event_type=row.event_type,
             order_id=row.order_id, address=row.address, subject=row.subject, body=row.body, html=row.html_body)

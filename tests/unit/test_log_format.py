@@ -25,12 +25,12 @@ def configure_logging(monkeypatch):
 
     yield configure
     root.handlers[:], root.level = saved
-    correlation._current.value = None
+    correlation.set_current_correlation_id(None)
 
 
 def test_json_lines_go_to_stdout_with_correlation_id_and_masked_emails(configure_logging, capsys):
     configure_logging("json")
-    correlation._current.value = "req-123"
+    correlation.set_current_correlation_id("req-123")
     try:
         raise ValueError("bad address ann@example.com")
     except ValueError:
