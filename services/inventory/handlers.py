@@ -5,6 +5,8 @@ the rules are in ``domain.py``, the statements in ``store.py``.
 """
 import logging
 
+from sqlalchemy.exc import IntegrityError
+
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.validation import MAX_STOCK
 
@@ -27,6 +29,11 @@ def create_product(uow, data):
     product = Product(sku=data["sku"], name=data["name"], price=data["price"],
                       on_hand=data["stock"], reserved=0, active=True, version=1)
     uow.session.add(product)
+    try:
+        uow.session.flush()  # a concurrent create of the same sku fails here, not at commit
+    except IntegrityError:
+        raise Conflict("Product {} already exists.".format(data["sku"]),
+                       details={"sku": ["Already exists."]}) from None
     _publish(uow, [(events.PRODUCT_CHANGED, product)])
     return product_schema.dump(product)
 

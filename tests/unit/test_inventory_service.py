@@ -76,3 +76,14 @@ def test_cancel_releases_once_and_a_late_order_created_reserves_nothing(inventor
     inventory.reserve_stock(order_created("o-2", ("A", 1)))
     assert inventory.get_stock("A")["reserved"] == 0
     assert inventory.get_reservation("o-2")["status"] == "cancelled"
+
+
+def test_a_create_that_loses_a_race_for_its_sku_is_a_conflict(inventory, monkeypatch):
+    # another process inserted "A" between this create's check and its insert
+    from services.inventory import store
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "product", lambda *args, **kwargs: None)
+        with pytest.raises(Conflict) as error:
+            inventory.create_product("A", "Apple again", 100, 5)
+    assert error.value.details == {"sku": ["Already exists."]}
+    assert inventory.get_product("A")["name"] == "Apple"
