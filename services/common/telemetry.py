@@ -36,7 +36,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import event
@@ -125,10 +124,8 @@ def configure(service_name, config=None):
     if isinstance(current, TracerProvider):
         return current
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service_name})
+    provider = TracerProvider(resource=resource)
     key, endpoint = otlp_endpoint(config)
-    # with nowhere to send spans, none is recorded (sampler off): trace ids are
-    # still made, carried on and logged, at next to no cost
-    provider = TracerProvider(resource=resource, sampler=None if endpoint else ALWAYS_OFF)
     if endpoint:
         # imported only when used: it brings requests and protobuf along
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

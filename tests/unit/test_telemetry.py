@@ -114,17 +114,3 @@ def test_json_log_lines_carry_the_trace_id(spans):
     with trace.get_tracer("test").start_as_current_span("entrypoint") as span:
         line = json.loads(ServiceJsonFormatter().format(record))
     assert (line["trace_id"], line["span_id"]) == hex_ids(span)[:2]
-
-
-def test_with_no_endpoint_spans_are_not_recorded_but_ids_still_travel(monkeypatch):
-    for key in telemetry.ENDPOINT_KEYS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
-    installed = []
-    monkeypatch.setattr(trace, "set_tracer_provider", installed.append)
-    telemetry.configure("orders", {})
-    [provider] = installed
-    parent = telemetry.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
-    span = provider.get_tracer("test").start_span("work", context=parent)
-    assert not span.is_recording()
-    assert format(span.get_span_context().trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
