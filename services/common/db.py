@@ -317,6 +317,7 @@ class Reservation:
     def __init__(self, shared):
         self.shared = shared
         self.released = False
+        self._sessions = None
 
     @property
     def uri(self):
@@ -325,6 +326,12 @@ class Reservation:
     @property
     def engine(self):
         return self.shared.engine
+
+    def sessions(self, **options):
+        """A sessionmaker on the engine, made at first use: after every provider has reserved."""
+        if self._sessions is None:
+            self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False, **options)
+        return self._sessions
 
     def release(self):
         """The last release of a shared engine disposes it."""
@@ -387,11 +394,8 @@ class ServiceDatabase(Database):
 
     @property
     def Session(self):
-        """Sessions on the shared engine, made on first use: after every provider has reserved."""
-        if self._sessionmaker is None:
-            self._sessionmaker = sessionmaker(bind=self.engine, class_=Session, expire_on_commit=False,
-                                              **self.session_options)
-        return self._sessionmaker
+        """Sessions on the shared engine (nameko-sqlalchemy's class), unless one was set."""
+        return self._sessionmaker or self.shared.sessions(class_=Session, **self.session_options)
 
     @Session.setter
     def Session(self, value):  # nameko-sqlalchemy's tests and helpers may set it

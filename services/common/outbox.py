@@ -44,7 +44,6 @@ from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, Integer, String, bindparam, delete, event, insert, select, update,
 )
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
 
 from . import telemetry
 from .brokers import ssl_options
@@ -295,7 +294,6 @@ class Outbox(DependencyProvider):
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange, ssl=ssl_options(config))
         # the publisher's marking and the relay, at once at most
         self.shared = shared_engine(self.container, self.declarative_base.__name__, 2)
-        self._sessionmaker = None
         self.relay_interval = float(config.get("OUTBOX_RELAY_INTERVAL", 2))
         self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE", 3)))
         self.unroutable_backoff_max = max(self.relay_interval, float(config.get("RETRY_BACKOFF_MAX", 30)))
@@ -333,10 +331,7 @@ class Outbox(DependencyProvider):
 
     @property
     def Session(self):
-        """Sessions on the shared engine, made once every provider has reserved its connections."""
-        if self._sessionmaker is None:
-            self._sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
-        return self._sessionmaker
+        return self.shared.sessions()
 
     def get_dependency(self, worker_ctx):
         return OutboxWriter(self, worker_ctx)
