@@ -37,6 +37,7 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from scripts.throwaway import create_database, drop_database, free_port  # noqa: E402
+from services.common.db import read_only  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "var", "bench")
@@ -275,7 +276,12 @@ def _utc(value):
 
 
 class Completion:
-    """Reads, from the services' own databases, when each order was confirmed and notified."""
+    """Reads, from the services' own databases, when each order was confirmed and notified.
+
+    Its transactions are read-only: on SQLite they take no lock, so polling
+    never holds up the services it measures (it held their write lock while
+    every transaction began with ``BEGIN IMMEDIATE``).
+    """
 
     def __init__(self, uris):
         from services.common.db import make_engine
@@ -291,7 +297,7 @@ class Completion:
         for chunk in [ids[i:i + 500] for i in range(0, len(ids), 500)]:
             params = {"p{}".format(i): value for i, value in enumerate(chunk)}
             marks = ", ".join(":" + key for key in params)
-            with self.orders.connect() as connection:
+            with read_only(self.orders.connect()) as connection:
                 for order_id, status, created in connection.execute(text(
                         "SELECT id, status, created_at FROM orders WHERE id IN ({})".format(marks)), params):
                     found[order_id] = {"status": status, "created": _utc(created)}
@@ -299,7 +305,7 @@ class Completion:
                         "SELECT order_id, at FROM order_status_changes WHERE to_status = 'confirmed' "
                         "AND order_id IN ({})".format(marks)), params):
                     found.setdefault(order_id, {})["confirmed"] = _utc(at)
-            with self.notifications.connect() as connection:
+            with read_only(self.notifications.connect()) as connection:
                 for order_id, created in connection.execute(text(
                         "SELECT order_id, MIN(sent_at) FROM notifications WHERE sent_at IS NOT NULL "
                         "AND order_id IN ({}) GROUP BY order_id".format(marks)), params):
@@ -318,7 +324,7 @@ class Completion:
     def stock(self):
         from sqlalchemy import text
 
-        with self.inventory.connect() as connection:
+        with read_only(self.inventory.connect()) as connection:
             return connection.execute(text("SELECT SUM(on_hand), SUM(reserved) FROM products")).one()
 
     def dispose(self):

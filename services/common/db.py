@@ -39,6 +39,7 @@ from nameko_sqlalchemy import Database
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 from nameko_sqlalchemy.database import Session
 
@@ -97,7 +98,7 @@ def make_engine(uri, max_workers=10, overflow=None, application_name=None):
     engine = create_engine(uri, **engine_options(uri, max_workers, overflow, application_name))
     if uri.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _begin_immediate)
+        event.listen(engine, "begin", _begin)
     else:
         event.listen(engine, "checkin", _note_idle)
         event.listen(engine, "checkout", _ping_if_idle)
@@ -136,11 +137,42 @@ def _ping_if_idle(dbapi_connection, record, _proxy):
         raise sa_exc.DisconnectionError("pooled connection is gone: {}".format(type(exc).__name__)) from exc
 
 
-def _begin_immediate(connection):
+READ_ONLY = "read_only"  # execution option: this transaction only reads (see read_only())
+
+
+def read_only(connection):
+    """``connection`` (a ``Connection``, or a ``Session``'s) marked read-only: call before its first statement.
+
+    On SQLite its transaction starts deferred (``BEGIN``): it takes no lock,
+    reads one consistent snapshot (WAL) and never waits for writers, nor
+    they for it. The connection is ``PRAGMA query_only`` meanwhile, so a
+    statement that would write fails at once ("attempt to write a readonly
+    database") instead of running without the write lock. Other databases
+    ignore the mark. Returns the connection.
+    """
+    if isinstance(connection, OrmSession):
+        return connection.connection(execution_options={READ_ONLY: True})
+    return connection.execution_options(**{READ_ONLY: True})
+
+
+def _begin(connection):
+    """SQLite's ``begin``: read-only transactions deferred, all others ``BEGIN IMMEDIATE``."""
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    pooled = connection.connection
+    dbapi_connection = pooled.dbapi_connection
+    if pooled.info.get(READ_ONLY, False) != read_only:  # the pooled connection keeps it: set on a change only
+        dbapi_connection.execute("PRAGMA query_only={}".format(1 if read_only else 0))
+        pooled.info[READ_ONLY] = read_only
+    if read_only:
+        dbapi_connection.execute("BEGIN")
+    else:
+        _begin_immediate(dbapi_connection)
+
+
+def _begin_immediate(dbapi_connection):
     """Start the transaction holding SQLite's write lock; wait for it without freezing the process."""
     deadline = time.monotonic() + SQLITE_LOCK_WAIT
     delay = SQLITE_RETRY_FIRST
-    dbapi_connection = connection.connection.dbapi_connection
     while True:
         try:
             dbapi_connection.execute("BEGIN IMMEDIATE")
@@ -156,7 +188,7 @@ def _begin_immediate(connection):
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
-    # the driver starts no transactions of its own: _begin_immediate does
+    # the driver starts no transactions of its own: _begin does
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

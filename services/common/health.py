@@ -13,6 +13,8 @@ import eventlet
 from kombu import Connection
 from sqlalchemy import text
 
+from .db import read_only
+
 DEFAULT_READY_TIMEOUT = 1.0
 
 
@@ -34,7 +36,7 @@ def check_database(connect, timeout):
     try:
         with eventlet.Timeout(timeout):
             with connect() as connection:
-                connection.execute(text("SELECT 1"))
+                read_only(connection).execute(text("SELECT 1"))
         return "ok"
     except eventlet.Timeout:
         return "no answer within {}s".format(timeout)

@@ -35,7 +35,7 @@ from werkzeug.wrappers import Response
 
 from .brokers import ssl_options
 from .consumers import dead_letter_queue_name
-from .db import shared_engine
+from .db import read_only, shared_engine
 from .events import as_utc, utcnow
 from .health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
 from .tracing import entrypoint_kind
@@ -203,7 +203,7 @@ class Metrics(DependencyProvider):
 
     def _database_state(self, service):
         families = []
-        with self.engine.connect() as connection:
+        with read_only(self.engine.connect()) as connection:
             for name, documentation, column in self.counts:
                 family = GaugeMetricFamily(name, documentation, labels=["service", column.key])
                 rows = connection.execute(select(column, func.count()).group_by(column)).all()

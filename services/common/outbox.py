@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session as OrmSession
 from . import telemetry
 from .brokers import ssl_options
 from .correlation import CONTEXT_KEY
-from .db import shared_engine
+from .db import read_only, shared_engine
 from .events import as_utc, new_event, utcnow
 from .wire import coalesced_writes
 
@@ -442,7 +442,7 @@ class Outbox(DependencyProvider):
         now = utcnow()
         unroutable = self.unroutable_types()
         with self.Session() as session:
-            rows = session.execute(
+            rows = read_only(session).execute(
                 select(self.model.event_id, self.model.event_type, self.model.created_at)
                 .where(self.model.published_at.is_(None))
                 .order_by(self.model.id)
@@ -489,7 +489,7 @@ class Outbox(DependencyProvider):
         if backing_off:
             query = query.where(self.model.event_type.not_in(backing_off))
         with self.Session() as session:
-            rows = session.execute(query.order_by(self.model.id).limit(BATCH_SIZE)).all()
+            rows = read_only(session).execute(query.order_by(self.model.id).limit(BATCH_SIZE)).all()
         # rows the publisher already holds are late, not lost
         rows = [row for row in rows if row.body["id"] not in self._inflight]
         if rows:

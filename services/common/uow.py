@@ -9,7 +9,14 @@ twice, apply the effect, stage the events it causes in the outbox, commit.
         order = store.lock_order(uow.session, order_id)
         uow.publish(events.ORDER_CANCELLED, order)
 
-and ``handles`` makes an event entrypoint that parses the event with the
+A use case that only reads says so, and on SQLite its transaction then takes
+no lock (``services.common.db.read_only``); one that writes after all fails
+at once rather than writing without the write lock:
+
+    with self.uow.read_only() as uow:
+        return handlers.read_order(uow, order_id)
+
+``handles`` makes an event entrypoint that parses the event with the
 consumer's read schema, opens the unit of work, checks the inbox and only
 then calls the method, with the unit of work and the parsed event:
 
@@ -26,6 +33,7 @@ import functools
 from nameko.extensions import DependencyProvider
 
 from .consumers import event_handler, first_delivery
+from .db import read_only
 from .events import parse_event
 
 
@@ -53,6 +61,10 @@ class NoOutbox(Exception):
     """A unit of work without an outbox was asked to publish."""
 
 
+class ReadOnly(Exception):
+    """A read-only unit of work was asked to write (publish, record a delivery)."""
+
+
 class Work:
     """One worker's unit of work; each ``with`` is a new transaction.
 
@@ -68,15 +80,25 @@ class Work:
         self._db_attr = db_attr
         self._outbox_attr = outbox_attr
         self.session = None
+        self.is_read_only = False
+        self._read_only_next = False
         self._on_commit = []
         self._on_rollback = []
+
+    def read_only(self):
+        """Make the next ``with`` a read-only transaction: ``with self.uow.read_only() as uow``."""
+        self._read_only_next = True
+        return self
 
     def __enter__(self):
         if self.session is not None:
             raise RuntimeError("a unit of work is not reentrant: finish one before starting the next")
+        self.is_read_only, self._read_only_next = self._read_only_next, False
         self._on_commit, self._on_rollback = [], []
         self._session_scope = getattr(self._service, self._db_attr).get_session()
         self.session = self._session_scope.__enter__()
+        if self.is_read_only:
+            read_only(self.session)  # the transaction begins here, marked
         return self
 
     def __exit__(self, exc_type, exc, traceback):
@@ -93,6 +115,7 @@ class Work:
 
     def first_delivery(self, event, consumer):
         """Record ``event`` in the inbox as handled by ``consumer``; False if it already was."""
+        self._writing("record a delivery")
         return first_delivery(self.session, self._inbox, event, consumer)
 
     def publish(self, event, data):
@@ -101,11 +124,16 @@ class Work:
         A declared event dumps ``data`` through its schema; the message goes
         out once this unit of work commits. Returns the envelope.
         """
+        self._writing("publish {}".format(getattr(event, "name", event)))
         outbox = getattr(self._service, self._outbox_attr) if self._outbox_attr else None
         if outbox is None:
             raise NoOutbox("this service publishes no events")
         name, body = (event.name, event.dump(data)) if hasattr(event, "dump") else (event, data)
         return outbox.add(self.session, name, body)
+
+    def _writing(self, what):
+        if self.is_read_only:
+            raise ReadOnly("a read-only unit of work cannot " + what)
 
     def after_commit(self, callback):
         self._on_commit.append(callback)

@@ -65,12 +65,12 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     @rpc(expected_exceptions=NotFound)
     def get_product(self, sku):
         sku = _known_sku(sku)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_product(uow, sku)
 
     @rpc
     def list_products(self):
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.list_products(uow)
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
@@ -84,7 +84,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     @rpc(expected_exceptions=NotFound)
     def get_stock(self, sku):
         sku = _known_sku(sku)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_stock(uow, sku)
 
     @rpc
@@ -97,7 +97,7 @@ class InventoryService(DeadLetterRpc, InboxRetention):
     def get_reservation(self, order_id):
         if not isinstance(order_id, str) or len(order_id) > MAX_ORDER_ID or not storable(order_id):
             raise InvalidInput("Not an order id.", details={"order_id": ["Not an order id."]})
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_reservation(uow, order_id)
 
     @rpc

@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from services.common import correlation
-from services.common.db import shared_engine
+from services.common.db import read_only, shared_engine
 from services.common.events import as_utc, utcnow
 
 from . import domain
@@ -186,7 +186,7 @@ class Sender(DependencyProvider):
         self._room_wanted = self._free_slots() <= 0
         if self._room_wanted:
             return self.poll_interval  # a finishing delivery wakes the loop
-        with self.engine.connect() as connection:
+        with read_only(self.engine.connect()) as connection:
             due = as_utc(connection.execute(
                 select(func.min(Notification.next_attempt_at)).where(Notification.status.in_(PENDING))).scalar())
         if due is None:

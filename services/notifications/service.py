@@ -69,13 +69,13 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     def list_notifications(self, order_id=None, recipient=None, status=None, limit=100, channel=None):
         query = load_input(ListNotificationsSchema(), {"order_id": order_id, "recipient": recipient,
                                                        "status": status, "channel": channel, "limit": limit})
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.list_notifications(uow, query)
 
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def get_notification(self, notification_id):
         notification_id = load_input(NotificationIdSchema(), {"notification_id": notification_id})["notification_id"]
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_notification(uow, notification_id)
 
     @rpc(expected_exceptions=(InvalidInput, NotFound, Conflict))
@@ -99,7 +99,7 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     def get_preferences(self, customer_email):
         """The customer's choices; without any, the default (email only, ``updated_at`` null)."""
         data = load_input(PreferencesSchema(only=("customer_email",)), {"customer_email": customer_email})
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_preferences(uow, data["customer_email"])
 
     @rpc

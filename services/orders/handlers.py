@@ -85,7 +85,7 @@ def place_order_once(uow, data, key, ttl, correlation_id):
     fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     cutoff = utcnow() - timedelta(seconds=ttl)
     customer = data["customer_email"]
-    with uow:
+    with uow.read_only():
         stored = _stored_answer(uow.session, customer, key, fingerprint, cutoff)
     if stored is not None:
         return stored
@@ -97,7 +97,7 @@ def place_order_once(uow, data, key, ttl, correlation_id):
                                            order_id=order["id"], status_code=202, response=order))
             uow.session.flush()
     except IntegrityError:
-        with uow:
+        with uow.read_only():
             stored = _stored_answer(uow.session, customer, key, fingerprint, cutoff)
         if stored is None:
             raise

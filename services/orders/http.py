@@ -127,14 +127,14 @@ class HttpApi:
                 raise Forbidden("Customers list only their own orders.",
                                 details={"customer_email": ["Must be the token's email or left out."]})
             query["customer_email"] = identity.email
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.find_orders(uow, query)
 
     @http("GET", "/orders/<string:order_id>")
     def http_get_order(self, request, order_id):
         identity = self._customer(request)
         read_query(request, empty_query_schema)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             order = handlers.read_order(uow, self._known_order_id(order_id))
         if not self._owns(identity, order):
             raise handlers.order_not_found(order["id"])  # the same answer as for no order at all

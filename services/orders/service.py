@@ -72,7 +72,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
 
     @rpc(expected_exceptions=NotFound)
     def get_order(self, order_id):
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.read_order(uow, _known_order_id(order_id))
 
     @rpc(expected_exceptions=InvalidInput)
@@ -80,7 +80,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
         query = {key: value for key, value in
                  (("status", status), ("customer_email", customer_email), ("limit", limit)) if value is not None}
         query = load_input(ListOrdersSchema(), query)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.find_orders(uow, query)["orders"]
 
     @rpc(expected_exceptions=(InvalidInput, NotFound, Conflict))
@@ -103,7 +103,7 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     @rpc
     def list_catalogue(self):
         """What orders currently believes can be ordered, and at what price."""
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.list_catalogue(uow)
 
     @rpc

@@ -4,7 +4,8 @@ Without ``BEGIN IMMEDIATE`` the driver starts a transaction only at the first
 write, so a read-then-write in one process can be overwritten by another
 process that committed in between (a lost update). And SQLite's own busy wait
 blocks the whole eventlet process, so a greenthread waiting for the write lock
-froze the greenthread holding it.
+froze the greenthread holding it. Read-only transactions begin deferred: they
+take no lock and refuse to write.
 """
 import json
 import os
@@ -13,9 +14,11 @@ import sys
 import time
 
 import eventlet
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
-from services.common.db import make_engine
+from services.common.db import make_engine, read_only
 from services.common.migrate import upgrade
 from services.orders import domain
 from services.orders.models import Order, StatusChange
@@ -124,3 +127,51 @@ def test_waiting_for_the_write_lock_does_not_freeze_the_process(tmp_path):
     during = [t for t in ticks if t < released_at]
     # the ticker ran through the hold (about 50 ticks; a frozen process gives one or two)
     assert len(during) >= 5, len(during)
+
+
+def test_a_read_only_transaction_neither_waits_for_the_writer_nor_sees_its_uncommitted_rows(tmp_path):
+    uri = "sqlite:///{}".format(tmp_path / "orders.sqlite3")
+    upgrade("orders", uri)
+    engine = make_engine(uri)
+    holding, released = eventlet.event.Event(), []
+    insert = text("INSERT INTO catalogue (sku, name, price, active, version) VALUES (:sku, 'a', 1, 1, 1)")
+
+    def holder():
+        with engine.begin() as connection:
+            connection.execute(insert, {"sku": "A"})
+            holding.send()
+            eventlet.sleep(0.5)
+        released.append(time.monotonic())
+
+    def reader():
+        holding.wait()
+        with read_only(engine.connect()) as connection:
+            skus = connection.execute(text("SELECT sku FROM catalogue")).scalars().all()
+        return skus, time.monotonic()
+
+    try:
+        held, read = eventlet.spawn(holder), eventlet.spawn(reader)
+        with eventlet.Timeout(60):
+            skus, read_at = read.wait()
+            held.wait()
+    finally:
+        engine.dispose()
+    assert read_at < released[0]  # it did not wait for the write lock
+    assert skus == []  # and read the committed state only
+
+
+def test_a_write_in_a_read_only_transaction_fails_and_the_connection_writes_again_afterwards(tmp_path):
+    uri = "sqlite:///{}".format(tmp_path / "orders.sqlite3")
+    upgrade("orders", uri)
+    engine = make_engine(uri, max_workers=1, overflow=0)  # one connection: the same one every time
+    insert = text("INSERT INTO catalogue (sku, name, price, active, version) VALUES (:sku, 'a', 1, 1, 1)")
+    try:
+        with pytest.raises(OperationalError, match="readonly"):
+            with read_only(engine.connect()) as connection:
+                connection.execute(insert, {"sku": "A"})
+        with engine.begin() as connection:
+            connection.execute(insert, {"sku": "B"})
+        with read_only(engine.connect()) as connection:
+            assert connection.execute(text("SELECT sku FROM catalogue")).scalars().all() == ["B"]
+    finally:
+        engine.dispose()

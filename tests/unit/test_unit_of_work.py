@@ -1,10 +1,11 @@
 """The unit of work: one transaction, the inbox check before the handler, hooks after the outcome."""
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from services.common.db import ServiceDatabase
 from services.common.events import MalformedMessage, new_event
 from services.common.outbox import Outbox
-from services.common.uow import NoOutbox, UnitOfWork, handles
+from services.common.uow import NoOutbox, ReadOnly, UnitOfWork, handles
 from services.inventory import events
 from services.inventory.models import InventoryBase, OutboxMessage, ProcessedEvent, Reservation
 from services.inventory.schemas import OrderCancelledSchema
@@ -78,3 +79,25 @@ def test_a_unit_of_work_is_not_reentrant(recorder):
     with recorder.uow, pytest.raises(RuntimeError):
         with recorder.uow:
             pass
+
+
+def test_a_read_only_unit_of_work_reads_and_refuses_to_write(recorder, outbox):
+    recorder.tombstone(new_event("orders", "order_cancelled", {"order_id": "o-1"}))
+    with recorder.uow.read_only() as uow:
+        assert uow.is_read_only
+        assert uow.session.get(Reservation, "o-1") is not None
+    with pytest.raises(ReadOnly), recorder.uow.read_only() as uow:
+        uow.publish(events.STOCK_RELEASED, {"order_id": "o-1", "lines": []})
+    with pytest.raises(ReadOnly), recorder.uow.read_only() as uow:
+        uow.first_delivery(new_event("orders", "order_cancelled", {"order_id": "o-2"}), "tombstone")
+    assert outbox.events == []
+    # a write the unit of work cannot see (a plain statement) is refused by SQLite itself
+    with pytest.raises(OperationalError, match="readonly"), recorder.uow.read_only() as uow:
+        uow.session.add(Reservation(order_id="o-3", lines={}, status="cancelled"))
+        uow.session.flush()
+    assert not stored(recorder, "o-3")
+    # only the next ``with`` is read-only
+    with recorder.uow as uow:
+        assert not uow.is_read_only
+        uow.session.add(Reservation(order_id="o-4", lines={}, status="cancelled"))
+    assert stored(recorder, "o-4")
