@@ -4,7 +4,7 @@
 
 1. Baseline: ``bench/baseline.py`` (an ``@http`` route making one RPC to an
    echo service) as two real ``nameko run`` processes.
-2. The system: the three services as real processes (``tests/system.py``), a
+2. The system: the three services as real processes (``tests/support/system.py``), a
    catalogue with plenty of stock, orders placed over HTTP.
 Both are driven by ``bench/loadgen.py`` at the same levels, each on a private
 RabbitMQ vhost (created through the management API, deleted afterwards) and,
@@ -18,7 +18,7 @@ Figures go to ``var/bench/bench-<time>.json`` (and ``latest.json``), a chart to
 """
 import eventlet
 
-eventlet.monkey_patch()  # noqa: E402  (tests.system uses nameko's standalone RPC)
+eventlet.monkey_patch()  # noqa: E402  (tests.support.system uses nameko's standalone RPC)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -207,7 +207,7 @@ def level_name(level):
 # the baseline ------------------------------------------------------------------------------
 
 def run_baseline(args, work):
-    from tests.system import stop_together
+    from tests.support.system import stop_together
 
     body_file = os.path.join(work, "echo.jsonl")
     echo_bodies(body_file)
@@ -365,8 +365,8 @@ def completion_figures(found, ids):
 
 def run_system(args, work, instances, db=None):
     db = db or args.db
-    from tests import tokens
-    from tests.system import System
+    from tests.support import tokens
+    from tests.support.system import System
 
     from services.common.settings import load_config
 

@@ -15,8 +15,7 @@ import pytest  # noqa: E402
 from scripts.throwaway import create_database, drop_database  # noqa: E402
 from services.common.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
-from tests import tokens  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.support import free_port, tokens  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -77,7 +76,7 @@ def service_config(rabbit_config, make_database, backend):
 @pytest.fixture
 def smtp(tmp_path):
     """A real SMTP server on loopback, not yet started: tests start, stop and slow it."""
-    from tests.notifications_fakes import SmtpSink
+    from tests.support.notifications_fakes import SmtpSink
 
     sink = SmtpSink(tmp_path, free_port())
     yield sink
@@ -87,7 +86,7 @@ def smtp(tmp_path):
 @pytest.fixture
 def provider():
     """A real HTTP server on loopback standing in for the SMS and push providers."""
-    from tests.notifications_fakes import WebhookSink
+    from tests.support.notifications_fakes import WebhookSink
 
     sink = WebhookSink().start()
     yield sink

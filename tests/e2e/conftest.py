@@ -1,8 +1,8 @@
 import pytest
 
-from tests.broker import PrivateBroker
-from tests.proxy import proxied
-from tests.system import System
+from tests.support.broker import PrivateBroker
+from tests.support.proxy import proxied
+from tests.support.system import System
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def broker_proxy(service_config):
 
 @pytest.fixture
 def private_broker(tmp_path, request):
-    """A RabbitMQ node of the test's own (see tests/broker.py), stopped at teardown.
+    """A RabbitMQ node of the test's own (see tests/support/broker.py), stopped at teardown.
 
     For tests that restart the broker for real; the shared one must not be.
     """

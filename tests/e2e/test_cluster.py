@@ -1,6 +1,6 @@
 """The services on a three-node RabbitMQ cluster with quorum queues, losing a node (issue 14).
 
-One cluster of the module's own (tests/cluster.py), booted once for the
+One cluster of the module's own (tests/support/cluster.py), booted once for the
 module's tests; each test gets its own vhost on it and a fresh system of
 real ``nameko run`` processes, configured with ``QUEUE_TYPE=quorum`` and an
 ``AMQP_URI`` that lists the three nodes (kombu's failover list). Orders
@@ -17,9 +17,9 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.cluster import RabbitCluster
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
-from tests.helpers import eventually
+from tests.support import eventually
+from tests.support.cluster import RabbitCluster
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """The services lose RabbitMQ while orders stream in, and get it back.
 
 A real broker restart is staged with a TCP proxy between the services and
-the broker (see tests/proxy.py): the broker on a test machine is shared with
+the broker (see tests/support/proxy.py): the broker on a test machine is shared with
 other test runs and must not be stopped. Cutting the proxy closes every AMQP
 connection the services hold and refuses new ones, exactly what they see
 when the broker goes down; restoring it is the broker coming back.
@@ -9,7 +9,7 @@ test_faults_broker_restart.py restarts a private broker node for real.
 """
 import time
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
 
 
 def test_services_reconnect_by_themselves_and_every_accepted_order_settles(

@@ -2,7 +2,7 @@
 
 test_faults_broker.py cuts a proxy, which proves the services reconnect but
 not that anything survives a broker restart: the broker there never stops.
-Here the services run on a RabbitMQ node of the test's own (tests/broker.py),
+Here the services run on a RabbitMQ node of the test's own (tests/support/broker.py),
 which is shut down and booted again on the same data directory.
 
 To prove persistence and not only reconnection, notifications is stopped
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
-from tests.helpers import eventually
+from tests.support import eventually
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 
 @pytest.fixture

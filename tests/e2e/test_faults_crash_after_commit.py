@@ -7,7 +7,7 @@ window between commit and publish stays open until the process is killed.
 """
 import time
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
 
 
 def test_events_committed_before_a_crash_are_delivered_after_the_restart(

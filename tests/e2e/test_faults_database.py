@@ -1,7 +1,7 @@
 """PostgreSQL becomes unreachable for a few seconds while orders stream in.
 
 The database server is shared with other test runs, so the outage is staged
-with a TCP proxy between the services and PostgreSQL (tests/proxy.py):
+with a TCP proxy between the services and PostgreSQL (tests/support/proxy.py):
 cutting it drops every pooled connection and refuses new ones.
 Clients get a clear JSON 503 (never a 500 or a traceback), nothing is half
 written, and the system recovers without a restart: events that could not
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
-from tests.proxy import proxied as proxied_uri
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
+from tests.support.proxy import proxied as proxied_uri
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

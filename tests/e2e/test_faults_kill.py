@@ -3,7 +3,7 @@ every accepted order still reaches its final state, no event is lost or
 applied twice, and stock is conserved."""
 import time
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 
 def test_inventory_then_orders_killed_mid_stream_lose_nothing(system):

@@ -5,7 +5,7 @@ kombu alone would have acked and dropped; orders keep flowing past them."""
 from kombu import Connection
 
 from services.common.deadletters import list_dead_letters
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
+from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 QUEUES = {
     "inventory": "evt-orders-order_created--inventory.reserve_stock",

@@ -11,8 +11,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests import tokens
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port, tokens
 
 WRITES = (("POST", "/products", {"sku": "NEW-1", "name": "New", "price": 100}),
           ("POST", "/products/ACC-1/restock", {"quantity": 5}),

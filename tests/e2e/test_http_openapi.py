@@ -16,7 +16,7 @@ import requests
 import schemathesis
 
 from scripts.seed import DEMO_CATALOGUE
-from tests import tokens
+from tests.support import tokens
 
 ST = os.path.join(os.path.dirname(sys.executable), "st")
 # Bounded: a few examples per operation and phase keeps the run well under a minute.

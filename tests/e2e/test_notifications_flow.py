@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, smtp_settings
+from tests.support import eventually
+from tests.support.notifications_fakes import FAST_DELIVERY, smtp_settings
 
 
 

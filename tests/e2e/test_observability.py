@@ -15,9 +15,8 @@ import requests
 from nameko.standalone.events import event_dispatcher
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import tokens
-from tests.helpers import eventually, free_port
-from tests.system import ROOT, System
+from tests.support import eventually, free_port, tokens
+from tests.support.system import ROOT, System
 
 EMAIL = "carol.customer@example.com"
 MASKED = "c***@example.com"

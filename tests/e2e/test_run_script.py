@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 from services.common import broker_grants
 
-from tests.system import ROOT
-from tests.helpers import eventually
+from tests.support import eventually
+from tests.support.system import ROOT
 
 
 def run_sh_env(system, tmp_path):

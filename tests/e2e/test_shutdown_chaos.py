@@ -14,7 +14,7 @@ import uuid
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.helpers import eventually
+from tests.support import eventually
 
 STOCK = {"KILL-A": 150, "KILL-B": 90}
 

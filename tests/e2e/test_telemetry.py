@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from sqlalchemy import text
 
-from tests.e2e.faults import Databases, make_system
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port
+from tests.support.faults import Databases, make_system
 
 EMAIL = "tracy.trace@example.com"
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.events import utcnow
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port
 
 ORDER_CREATED_QUEUE = "evt-orders-order_created--inventory.reserve_stock"
 

@@ -16,8 +16,7 @@ from services.common import broker_grants
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 SERVICES = {"orders": OrdersService, "inventory": InventoryService, "notifications": NotificationsService}
 MANAGEMENT = "http://127.0.0.1:15672"

@@ -13,9 +13,8 @@ import requests
 
 from services.common.errors import InvalidInput, NotFound
 from services.common.validation import MAX_STOCK
-from tests import tokens
-from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
+from tests.support import eventually, tokens
 
 ADMIN = tokens.admin()
 

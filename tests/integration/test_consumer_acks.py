@@ -3,7 +3,7 @@ from kombu import Connection, Exchange, Producer
 
 from services.common.consumers import SafeAckQueueConsumer, event_handler
 from services.common.events import new_event
-from tests.helpers import eventually
+from tests.support import eventually
 
 BURST = 40
 handled = []

@@ -5,8 +5,7 @@ import requests
 
 from services.common.events import new_event
 from services.inventory import domain
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 def test_a_failing_event_is_dead_lettered_after_bounded_attempts_and_replays_after_the_fix(

@@ -12,7 +12,7 @@ from services.common.events import utcnow
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
+from tests.support import service_worker
 
 
 @pytest.mark.parametrize("service_class", [OrdersService, InventoryService, NotificationsService])

@@ -34,9 +34,8 @@ from services.common.db import make_engine
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.http import JsonHttpHandler
 from services.common.rpc import Rpc
-from tests import tokens
-from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
+from tests.support import eventually, tokens
 
 EXAMPLES = 40
 # about 7-17 s per test here (HTTP ~8 s, RPC 11-17 s per backend)

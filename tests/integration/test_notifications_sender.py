@@ -15,8 +15,8 @@ from services.common.events import new_event, utcnow
 from services.common.migrate import alembic_config
 from services.notifications.models import Notification
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
+from tests.support import eventually
+from tests.support.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
 
 DB_KEY = "notifications:NotificationsBase"
 

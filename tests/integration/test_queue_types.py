@@ -8,8 +8,7 @@ import pytest
 import requests
 
 from services.inventory import domain
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 @pytest.fixture

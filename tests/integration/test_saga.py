@@ -9,8 +9,7 @@ from sqlalchemy import text
 from services.common.db import make_engine
 
 from services.common.outbox import Outbox
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 def url(config, path):

@@ -20,11 +20,11 @@ from services.common.migrate import upgrade
 from services.orders import domain
 from services.orders.models import Order, StatusChange
 from tests.conftest import ROOT
-from tests.helpers import eventually
+from tests.support import eventually
 
 
 def _run(uri, *args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "tests.sqlite_race", uri, *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "tests.support.sqlite_race", uri, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import free_port
+from tests.support import free_port
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 

@@ -21,7 +21,7 @@ from services.notifications.service import NotificationsService
 from services.orders import domain as order_domain
 from services.orders import events as orders_events
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
+from tests.support import service_worker
 from tests.unit.conftest import RecordingOutbox
 
 SERVICES = (OrdersService, InventoryService, NotificationsService)

@@ -16,7 +16,7 @@ from services.common.http import (
 )
 from services.common.health import check_broker
 from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema
-from tests.helpers import free_port
+from tests.support import free_port
 
 
 def request(data=b"", content_type="application/json", query=None, headers=None):

@@ -19,8 +19,7 @@ from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor
 from services.orders.service import OrdersService
 from services.orders.settings import OrdersSettings
-from tests.helpers import service_worker
-from tests import tokens
+from tests.support import service_worker, tokens
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from services.orders import ratelimit
 from services.orders.auth import TokenVerifier
 from services.orders.models import Order, RateLimitCounter
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
-from tests import tokens
+from tests.support import service_worker, tokens
 
 ANN, BOB = "ann@example.com", "bob@example.com"
 

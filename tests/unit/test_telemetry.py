@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from services.common import telemetry
 from services.common.logs import ServiceJsonFormatter
-from tests.telemetry_spans import hex_ids, memory_exporter
+from tests.support.telemetry_spans import hex_ids, memory_exporter
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

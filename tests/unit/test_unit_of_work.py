@@ -8,7 +8,7 @@ from services.common.uow import NoOutbox, UnitOfWork, handles
 from services.inventory import events
 from services.inventory.models import InventoryBase, OutboxMessage, ProcessedEvent, Reservation
 from services.inventory.schemas import OrderCancelledSchema
-from tests.helpers import service_worker
+from tests.support import service_worker
 
 
 class Recorder:

@@ -15,9 +15,9 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from scripts.wait_ready import wait_ready
 from services.common import errors  # noqa: F401  (typed remote errors for callers)
-from tests import tokens
+from tests.support import tokens
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")
 CLASSES = {"orders": "OrdersService", "inventory": "InventoryService",
            "notifications": "NotificationsService"}

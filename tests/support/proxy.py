@@ -13,7 +13,7 @@ import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.helpers import free_port
+from tests.support import free_port
 
 
 class TcpProxy:

@@ -1,6 +1,6 @@
 """One orders "process" for the SQLite race test: run as a separate OS process.
 
-``python -m tests.sqlite_race URI ROLE ORDER_ID [PAUSE_DIR]`` uses the orders
+``python -m tests.support.sqlite_race URI ROLE ORDER_ID [PAUSE_DIR]`` uses the orders
 service's own code (``change_status``, ``confirm_order``) on the engine
 ``services.common.db`` builds, as a second ``nameko run`` process would. With
 PAUSE_DIR, the cancel stops after it has read the order and before it writes
@@ -16,7 +16,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from tests.helpers import service_worker  # noqa: E402
+from tests.support import service_worker  # noqa: E402
 from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402

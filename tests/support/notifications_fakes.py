@@ -1,7 +1,7 @@
 """Real servers on loopback standing in for the notification providers.
 
 ``SmtpSink`` runs aiosmtpd in a child process (``python -m
-tests.notifications_fakes smtp ...``) so that it can be started, stopped and
+tests.support.notifications_fakes smtp ...``) so that it can be started, stopped and
 slowed down like a real mail server, and so that its asyncio loop never meets
 the test process's eventlet. Each accepted message is appended to a JSON-lines
 file that the test reads. ``WebhookSink`` is a plain HTTP server in the test
@@ -19,7 +19,7 @@ from email import message_from_string
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Delays short enough for a test: a few quick retries, a sender that looks often.
 FAST_DELIVERY = {
@@ -95,7 +95,7 @@ class SmtpSink:
     def start(self, delay=None):
         if delay is not None:
             self.delay = delay
-        command = [sys.executable, "-m", "tests.notifications_fakes", "smtp", "--port", str(self.port),
+        command = [sys.executable, "-m", "tests.support.notifications_fakes", "smtp", "--port", str(self.port),
                    "--out", self.out, "--delay", str(self.delay), "--mode", self.mode]
         if self.refuse:
             command += ["--refuse", self.refuse]

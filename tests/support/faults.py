@@ -8,9 +8,8 @@ import requests
 from sqlalchemy import text
 
 from services.common.db import make_engine
-from tests import tokens
-from tests.helpers import eventually
-from tests.system import System
+from tests.support import eventually, tokens
+from tests.support.system import System
 
 SKUS = [("FLT-{}".format(i), "Fault item {}".format(i), 100 + i, 100000) for i in range(4)]
 

@@ -1,6 +1,6 @@
 """A three-node RabbitMQ cluster of the test's own, on this one machine.
 
-Each node is a ``tests.broker.PrivateBroker`` (its own node name, AMQP and
+Each node is a ``tests.support.broker.PrivateBroker`` (its own node name, AMQP and
 distribution ports, data, logs and configuration under the test's temporary
 directory, no management plugin); the three share one Erlang cookie, and the
 second and third join the first with ``rabbitmqctl join_cluster``. The
@@ -16,7 +16,7 @@ import secrets
 import string
 import threading
 
-from tests.broker import PrivateBroker
+from tests.support.broker import PrivateBroker
 
 
 class ClusterNode(PrivateBroker):

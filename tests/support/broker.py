@@ -23,7 +23,7 @@ import time
 import amqp
 import pytest
 
-from tests.helpers import free_port
+from tests.support import free_port
 
 # Debian and Ubuntu put su-ing wrappers in /usr/sbin that run the broker as the
 # "rabbitmq" user from /var/lib/rabbitmq and log to /var/log/rabbitmq; the real
