@@ -17,6 +17,8 @@ from services.common.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
 from tests.support import free_port, tokens  # noqa: E402
 
+pytest_plugins = ["tests.support.fixtures"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URI_TEMPLATE = os.environ.get("TEST_PG_URI", "postgresql://postgres@127.0.0.1:5432/{}")
@@ -72,22 +74,3 @@ def service_config(rabbit_config, make_database, backend):
     }
     return config
 
-
-@pytest.fixture
-def smtp(tmp_path):
-    """A real SMTP server on loopback, not yet started: tests start, stop and slow it."""
-    from tests.support.notifications_fakes import SmtpSink
-
-    sink = SmtpSink(tmp_path, free_port())
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def provider():
-    """A real HTTP server on loopback standing in for the SMS and push providers."""
-    from tests.support.notifications_fakes import WebhookSink
-
-    sink = WebhookSink().start()
-    yield sink
-    sink.stop()

@@ -9,35 +9,23 @@ test_faults_broker_restart.py restarts a private broker node for real.
 """
 import time
 
-from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
 
 
-def test_services_reconnect_by_themselves_and_every_accepted_order_settles(
-        service_config, tmp_path, broker_proxy):
+def test_services_reconnect_by_themselves_and_every_accepted_order_settles(broker_proxy, fault_run):
     proxy, proxied_uri = broker_proxy
-    system = make_system(service_config, tmp_path, AMQP_URI=proxied_uri)
-    databases = Databases(system.config)
-    try:
-        system.start()
-        system.create_products(*SKUS)
-        stream = OrderStream(system, rate=20).start()
-        try:
-            stream.accepted_after(20)
-            connections_before = proxy.connections
-            proxy.cut()
-            cut_at = len(stream.accepted)
-            time.sleep(3)
-            during = len(stream.accepted) - cut_at
-            proxy.restore()
-            restored_at = len(stream.accepted)
-            stream.accepted_after(restored_at + 30)
-        finally:
-            stream.stop()
-        # orders are taken while the broker is away: the outbox holds their events
-        assert during > 0, stream.outcomes
-        assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
-        assert_everything_settled(stream, databases, timeout=60)
-        assert proxy.connections > connections_before, "the services never reconnected"
-    finally:
-        databases.close()
-        system.stop_all()
+    run = fault_run(AMQP_URI=proxied_uri)
+    with run.streaming(rate=20) as stream:
+        stream.accepted_after(20)
+        connections_before = proxy.connections
+        proxy.cut()
+        cut_at = len(stream.accepted)
+        time.sleep(3)
+        during = len(stream.accepted) - cut_at
+        proxy.restore()
+        restored_at = len(stream.accepted)
+        stream.accepted_after(restored_at + 30)
+    # orders are taken while the broker is away: the outbox holds their events
+    assert during > 0, stream.outcomes
+    assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
+    run.assert_everything_settled(timeout=60)
+    assert proxy.connections > connections_before, "the services never reconnected"

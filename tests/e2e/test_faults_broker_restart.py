@@ -17,7 +17,6 @@ import time
 import pytest
 
 from tests.support import eventually
-from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 
 @pytest.fixture
@@ -39,54 +38,47 @@ def backlog_of_at_least(broker, count):
 
 
 def test_broker_restart_loses_no_queued_event_and_every_accepted_order_settles(
-        system, private_broker, capsys):
+        private_broker, fault_run, capsys):
     broker = private_broker
-    databases = Databases(system.config)
-    try:
-        system.start()
-        system.create_products(*SKUS)
-        stream = OrderStream(system, rate=20).start()
-        try:
-            stream.accepted_after(20)
-            # notifications away: its order_confirmed events pile up in the broker
-            system.stop("notifications")
-            held, durable = eventually(lambda: backlog_of_at_least(broker, 20), timeout=20, interval=0.5,
-                                       message="20 events queued for notifications")
-            assert durable
+    run = fault_run()
+    system = run.system
+    with run.streaming(rate=20) as stream:
+        stream.accepted_after(20)
+        # notifications away: its order_confirmed events pile up in the broker
+        system.stop("notifications")
+        held, durable = eventually(lambda: backlog_of_at_least(broker, 20), timeout=20, interval=0.5,
+                                   message="20 events queued for notifications")
+        assert durable
 
-            before_stop = len(stream.accepted)
-            broker.stop()
-            time.sleep(3)
-            broker.start()
-            while_down = len(stream.accepted) - before_stop
+        before_stop = len(stream.accepted)
+        broker.stop()
+        time.sleep(3)
+        broker.start()
+        while_down = len(stream.accepted) - before_stop
 
-            # the queued events came back with the broker (persistent messages, durable queues)
-            after_restart, durable = notification_backlog(broker)
-            assert durable
-            assert after_restart >= held, "{} events queued before the restart, {} after".format(
-                held, after_restart)
+        # the queued events came back with the broker (persistent messages, durable queues)
+        after_restart, durable = notification_backlog(broker)
+        assert durable
+        assert after_restart >= held, "{} events queued before the restart, {} after".format(
+            held, after_restart)
 
-            # more orders; settling them needs orders and inventory to reconnect by themselves
-            up_at = len(stream.accepted)
-            stream.accepted_after(up_at + 20)
-            system.start("notifications")
-        finally:
-            stream.stop()
+        # more orders; settling them needs orders and inventory to reconnect by themselves
+        up_at = len(stream.accepted)
+        stream.accepted_after(up_at + 20)
+        system.start("notifications")
 
-        for service in ("orders", "inventory"):  # still the processes started before the restart
-            assert system.processes[service, 1].poll() is None, "{} exited during the restart".format(service)
-        assert while_down > 0, "no order was accepted while the broker was down: {}".format(stream.outcomes)
-        assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
-        assert_everything_settled(stream, databases, timeout=60)
-        parked = {name: messages for name, (_, messages) in broker.queues().items()
-                  if name.endswith(".dead-letters") and messages}
-        assert not parked, "messages were dead-lettered: {}".format(parked)
+    for service in ("orders", "inventory"):  # still the processes started before the restart
+        assert system.processes[service, 1].poll() is None, "{} exited during the restart".format(service)
+    assert while_down > 0, "no order was accepted while the broker was down: {}".format(stream.outcomes)
+    assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
+    run.assert_everything_settled(timeout=60)
+    parked = {name: messages for name, (_, messages) in broker.queues().items()
+              if name.endswith(".dead-letters") and messages}
+    assert not parked, "messages were dead-lettered: {}".format(parked)
 
-        with capsys.disabled():
-            logs = system.logs(tail=10 ** 6)
-            print("\n{} orders accepted, {} while the broker was down; {} events queued for notifications "
-                  "before the restart, {} after; {} flushes of acks lost with the connection; {} redeliveries skipped "
-                  "as duplicates".format(len(stream.accepted), while_down, held, after_restart,
-                                         logs.count("could not ack"), logs.count("already handled; skipped")))
-    finally:
-        databases.close()
+    with capsys.disabled():
+        logs = system.logs(tail=10 ** 6)
+        print("\n{} orders accepted, {} while the broker was down; {} events queued for notifications "
+              "before the restart, {} after; {} flushes of acks lost with the connection; {} redeliveries skipped "
+              "as duplicates".format(len(stream.accepted), while_down, held, after_restart,
+                                     logs.count("could not ack"), logs.count("already handled; skipped")))

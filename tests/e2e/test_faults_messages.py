@@ -5,7 +5,6 @@ kombu alone would have acked and dropped; orders keep flowing past them."""
 from kombu import Connection
 
 from services.common.deadletters import list_dead_letters
-from tests.support.faults import SKUS, Databases, OrderStream, assert_everything_settled
 
 QUEUES = {
     "inventory": "evt-orders-order_created--inventory.reserve_stock",
@@ -35,25 +34,18 @@ def publish_garbage(amqp_uri):
                                  retry=True)
 
 
-def test_garbage_on_every_queue_is_dead_lettered_and_orders_keep_flowing(system):
-    system.start()
-    system.create_products(*SKUS)
-    databases = Databases(system.config)
-    stream = OrderStream(system, rate=20).start()
-    try:
+def test_garbage_on_every_queue_is_dead_lettered_and_orders_keep_flowing(fault_run):
+    run = fault_run()
+    system = run.system
+    with run.streaming(rate=20) as stream:
         stream.accepted_after(10)
         publish_garbage(system.config["AMQP_URI"])
         stream.accepted_after(len(stream.accepted) + 30)
-    finally:
-        stream.stop()
-    try:
-        assert set(stream.outcomes) == {202}, stream.outcomes
-        assert_everything_settled(stream, databases)
-        for (service, _), process in system.processes.items():
-            assert process.poll() is None, "{} died".format(service)
-        for service in QUEUES:
-            letters = list_dead_letters(system.config["AMQP_URI"], service, limit=50)
-            assert len(letters) == len(GARBAGE), (service, [letter["error_message"] for letter in letters])
-            assert all(letter["original_queue"] == QUEUES[service] for letter in letters)
-    finally:
-        databases.close()
+    assert set(stream.outcomes) == {202}, stream.outcomes
+    run.assert_everything_settled()
+    for (service, _), process in system.processes.items():
+        assert process.poll() is None, "{} died".format(service)
+    for service in QUEUES:
+        letters = list_dead_letters(system.config["AMQP_URI"], service, limit=50)
+        assert len(letters) == len(GARBAGE), (service, [letter["error_message"] for letter in letters])
+        assert all(letter["original_queue"] == QUEUES[service] for letter in letters)

@@ -1,8 +1,10 @@
-"""Pieces the fault tests share: a stream of orders, and checks read straight
-from the services' databases (so they work while RPC does not)."""
+"""Pieces the fault tests share: a stream of orders, checks read straight from
+the services' databases (so they work while RPC does not), and ``FaultRun``,
+the set-up they all start from (the ``fault_run`` fixture makes one)."""
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import requests
 from sqlalchemy import text
@@ -175,6 +177,28 @@ def assert_everything_settled(stream, databases, timeout=45):
     for sku, _, _, on_hand in SKUS:
         assert stock[sku] == (on_hand, confirmed.get(sku, 0)), (sku, stock[sku], confirmed.get(sku))
     eventually(lambda: databases.unpublished() == 0, timeout=15, message="outboxes drained")
+
+
+class FaultRun:
+    """A started system holding the fault catalogue (SKUS), views of its databases,
+    and the stream of orders a fault is staged under."""
+
+    def __init__(self, system, databases):
+        self.system = system
+        self.databases = databases
+        self.stream = None
+
+    @contextmanager
+    def streaming(self, rate=20.0):
+        """Orders stream in over HTTP at about ``rate`` per second while the block runs."""
+        self.stream = OrderStream(self.system, rate=rate).start()
+        try:
+            yield self.stream
+        finally:
+            self.stream.stop()
+
+    def assert_everything_settled(self, timeout=45):
+        assert_everything_settled(self.stream, self.databases, timeout=timeout)
 
 
 def make_system(service_config, tmp_path, **overrides):
