@@ -18,7 +18,7 @@ from services.common.validation import (  # noqa: F401  (is_sku, Text: part of t
     is_sku, storable,
 )
 
-from . import domain
+from .statuses import STATUSES
 
 DEFAULT_PAGE_LIMIT = 20
 MAX_PAGE_LIMIT = 100
@@ -113,7 +113,7 @@ class Cursor(fields.String):
 
 
 class ListOrdersSchema(_Strict):
-    status = fields.String(validate=validate.OneOf(domain.STATUSES))
+    status = fields.String(validate=validate.OneOf(STATUSES))
     customer_email = Email()
     limit = fields.Integer(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT),
                            metadata={"description": "Orders per page (default {}, at most {})."
@@ -187,7 +187,7 @@ class RejectionReasonSchema(Schema):
 
 class OrderSchema(Schema):
     id = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(domain.STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     customer_email = fields.String(required=True)
     lines = fields.List(fields.Nested(OrderLineSchema), required=True)
     total = fields.Integer(required=True, metadata={"description": "Cents."})

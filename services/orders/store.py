@@ -48,18 +48,19 @@ def lock_order(session, order_id):
     return session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).first()
 
 
-def move_order(session, row, status, reason, reasons, now):
-    """A history row and the new status for a locked order row; the order as it now is (a dict)."""
+def with_lines(session, row):
+    """A locked order row as a dict, with its lines: the order as the domain moves it."""
+    return dict(row._mapping, lines=session.connection().execute(ORDER_LINES, {"order_id": row.id}).all())
+
+
+def move_order(session, row, changes, reason):
+    """A history row and ``changes`` (status, updated_at, perhaps reasons) for a locked order row."""
     connection = session.connection()
-    lines = connection.execute(ORDER_LINES, {"order_id": row.id}).all()
-    changes = {"status": status, "updated_at": now}
-    if reasons is not None:
-        changes["reasons"] = reasons
     connection.execute(INSERT_HISTORY, {
-        "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason, "at": now})
-    connection.execute(MOVE_ORDER_WITH_REASONS if reasons is not None else MOVE_ORDER,
+        "order_id": row.id, "from_status": row.status, "to_status": changes["status"], "reason": reason,
+        "at": changes["updated_at"]})
+    connection.execute(MOVE_ORDER_WITH_REASONS if "reasons" in changes else MOVE_ORDER,
                        dict(changes, order_id=row.id))
-    return dict(row._mapping, lines=lines, **changes)
 
 
 def order(session, order_id):

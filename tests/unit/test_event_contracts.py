@@ -135,6 +135,6 @@ def test_the_saga_table_names_every_event_and_consumer_and_nothing_else():
 
 def test_the_saga_table_shows_the_order_state_machine_as_the_domain_has_it():
     documented = {(start, end, event) for start, end, event in table_rows("## The order's states")}
-    expected = {(start, end, orders_events.ANNOUNCES[end].name)
+    expected = {(start, end, order_domain.ANNOUNCES[end].name)
                 for start, ends in order_domain.ALLOWED.items() for end in ends}
     assert documented == expected
