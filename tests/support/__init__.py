@@ -12,8 +12,16 @@
 - ``sqlite_race``: a second process racing on one SQLite file.
 - ``fixtures``: the pytest fixtures over these, loaded by the root conftest.
 
-The lightest helpers are importable from the package itself.
+The lightest helpers are importable from the package itself. It imports
+nothing heavy: child processes run modules of it (``python -m
+tests.support.notifications_fakes``) and should start in a blink.
 """
-from scripts.throwaway import free_port  # noqa: F401
 from tests.support.waiting import GiveUp, eventually  # noqa: F401
 from tests.support.workers import service_worker  # noqa: F401
+
+
+def free_port():
+    """A TCP port free on loopback now (scripts.throwaway's, imported only when called)."""
+    from scripts.throwaway import free_port as free
+
+    return free()

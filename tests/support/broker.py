@@ -18,12 +18,11 @@ import shutil
 import signal
 import string
 import subprocess
-import time
 
 import amqp
 import pytest
 
-from tests.support import free_port
+from tests.support import GiveUp, eventually, free_port
 
 # Debian and Ubuntu put su-ing wrappers in /usr/sbin that run the broker as the
 # "rabbitmq" user from /var/lib/rabbitmq and log to /var/log/rabbitmq; the real
@@ -125,18 +124,17 @@ class PrivateBroker:
         finally:
             output.close()
         self.starts += 1
-        deadline = time.monotonic() + self.boot_timeout
-        while True:
+
+        def booted():
             if self.process.poll() is not None:
                 code, self.process = self.process.returncode, None
-                raise AssertionError("private RabbitMQ node {} exited with {} while booting:\n{}".format(
+                raise GiveUp("private RabbitMQ node {} exited with {} while booting:\n{}".format(
                     self.node, code, self.log_tail()))
-            if self.answers():
-                return self
-            if time.monotonic() > deadline:
-                raise AssertionError("private RabbitMQ node {} took over {}s to boot:\n{}".format(
-                    self.node, self.boot_timeout, self.log_tail()))
-            time.sleep(0.25)
+            return self.answers()
+
+        eventually(booted, timeout=self.boot_timeout, interval=0.25, message=lambda: "private RabbitMQ node {} "
+                   "to boot:\n{}".format(self.node, self.log_tail()))
+        return self
 
     def stop(self, timeout=60):
         """Shut the node down the way an operator does, and wait until its process is gone."""

@@ -19,6 +19,8 @@ from email import message_from_string
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.support.waiting import GiveUp, eventually
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Delays short enough for a test: a few quick retries, a sender that looks often.
@@ -108,13 +110,18 @@ class SmtpSink:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, PYTHONPATH=ROOT))
-        deadline = time.monotonic() + 15
-        while not _port_open(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                with open(self.log) as log:
-                    raise AssertionError("SMTP sink did not start:\n" + log.read())
-            time.sleep(0.05)
+
+        def listening():
+            if self.process.poll() is not None:
+                raise GiveUp("SMTP sink exited:\n" + self._log())
+            return _port_open(self.port)
+
+        eventually(listening, timeout=15, interval=0.05, message=lambda: "SMTP sink to start:\n" + self._log())
         return self
+
+    def _log(self):
+        with open(self.log) as log:
+            return log.read()
 
     def stop(self):
         if self.process is not None:

@@ -15,7 +15,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from scripts.wait_ready import wait_ready
 from services.common import errors  # noqa: F401  (typed remote errors for callers)
-from tests.support import tokens
+from tests.support import eventually, tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")
@@ -58,14 +58,8 @@ class System:
             self._wait_http(timeout)
 
     def _wait_http(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url("/health"), timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise AssertionError("orders HTTP never came up\n" + self.logs())
+        eventually(lambda: requests.get(self.url("/health"), timeout=1).ok, timeout=timeout,
+                   message=lambda: "orders HTTP to come up\n" + self.logs())
 
     def stop(self, service, instance=1, sig=signal.SIGTERM, timeout=30):
         process = self.processes.pop((service, instance))
@@ -106,14 +100,12 @@ class System:
             for sku, name, price, stock in products:
                 rpc.inventory.create_product(sku, name, price, stock)
         skus = {product[0] for product in products}
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+
+        def known():
             with self.rpc() as rpc:
-                known = {item["sku"] for item in rpc.orders.list_catalogue()}
-            if skus <= known:
-                return
-            time.sleep(0.1)
-        raise AssertionError("orders never learned of {}\n{}".format(skus, self.logs()))
+                return skus <= {item["sku"] for item in rpc.orders.list_catalogue()}
+
+        eventually(known, timeout=15, message=lambda: "orders to learn of {}\n{}".format(skus, self.logs()))
 
     def place_order(self, email, lines, headers=None, **kwargs):
         """POST /orders for ``email``, with that customer's token."""

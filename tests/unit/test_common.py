@@ -5,6 +5,7 @@ from marshmallow import Schema, fields
 from services.common.consumers import backoff_seconds
 from services.common.db import redact
 from services.common.events import MalformedMessage, new_event, parse_event
+from tests.support import eventually
 
 
 class Data(Schema):
@@ -80,8 +81,6 @@ def test_other_errors_while_acking_are_logged_as_errors(caplog):
 
 
 def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp_path):
-    import time
-
     from sqlalchemy import text
 
     from services.common.db import WalCheckpointer, make_engine, sqlite_file
@@ -97,10 +96,13 @@ def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp
         for _ in range(200):
             with engine.begin() as connection:
                 connection.execute(text("INSERT INTO t VALUES (:a)"), {"a": "x" * 500})
-        deadline = time.monotonic() + 5
-        while not (checkpointer.last and checkpointer.last[1] > 0 and checkpointer.last[1] == checkpointer.last[2]):
-            assert time.monotonic() < deadline, checkpointer.last
-            time.sleep(0.05)
+
+        def checkpointed():  # every WAL frame of the last round copied into the database file
+            last = checkpointer.last
+            return last and last[1] > 0 and last[1] == last[2]
+
+        eventually(checkpointed, timeout=5, interval=0.05,
+                   message=lambda: "a full checkpoint: {}".format(checkpointer.last))
     finally:
         checkpointer.stop()
         engine.dispose()
