@@ -9,6 +9,8 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402
 
 import os  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -59,8 +61,7 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def service_config(rabbit_config, make_database, backend):
+def build_service_config(rabbit_config, make_database, backend):
     """config.yaml as the services see it, on a private vhost and databases."""
     config = load_config(os.path.join(ROOT, "config.yaml"))
     config.pop("LOGGING", None)
@@ -73,4 +74,39 @@ def service_config(rabbit_config, make_database, backend):
         for service, base in SERVICES.items()
     }
     return config
+
+
+@pytest.fixture
+def service_config(rabbit_config, make_database, backend):
+    """config.yaml as the services see it, on a private vhost and databases."""
+    return build_service_config(rabbit_config, make_database, backend)
+
+
+@pytest.fixture(scope="module")
+def module_service_config(request, vhost_pipeline, tmp_path_factory):
+    """Factory: ``module_service_config(backend="sqlite")``, a ``service_config`` for a scenario
+    run once for a whole module whose tests each check one behaviour of it.
+
+    Each call gives a vhost and databases of its own, kept until the module's last test.
+    """
+    broker = urlparse(request.config.getoption("RABBIT_AMQP_URI"))
+    created = []
+
+    def make(backend="sqlite"):
+        directory = tmp_path_factory.mktemp("databases")
+
+        def make_database(service, backend):
+            uri, name = create_database(service, backend, directory, PG_ADMIN_DSN, PG_URI_TEMPLATE)
+            if name:
+                created.append(name)
+            return uri
+
+        vhost = vhosts.enter_context(vhost_pipeline.get())
+        rabbit_config = {"AMQP_URI": "{}://{}/{}".format(broker.scheme, broker.netloc, vhost)}
+        return build_service_config(rabbit_config, make_database, backend)
+
+    with ExitStack() as vhosts:
+        yield make
+    for name in created:
+        drop_database(PG_ADMIN_DSN, name)
 
