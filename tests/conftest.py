@@ -84,15 +84,16 @@ def service_config(rabbit_config, make_database, backend):
 
 @pytest.fixture(scope="module")
 def module_service_config(request, vhost_pipeline, tmp_path_factory):
-    """Factory: ``module_service_config(backend="sqlite")``, a ``service_config`` for a scenario
-    run once for a whole module whose tests each check one behaviour of it.
+    """Factory: ``module_service_config(backend="sqlite", amqp_uri=None)``, a ``service_config``
+    for a scenario run once for a whole module whose tests each check one behaviour of it.
 
-    Each call gives a vhost and databases of its own, kept until the module's last test.
+    Each call gives databases and (unless ``amqp_uri`` names a broker of the module's own)
+    a vhost of its own, kept until the module's last test.
     """
     broker = urlparse(request.config.getoption("RABBIT_AMQP_URI"))
     created = []
 
-    def make(backend="sqlite"):
+    def make(backend="sqlite", amqp_uri=None):
         directory = tmp_path_factory.mktemp("databases")
 
         def make_database(service, backend):
@@ -101,9 +102,10 @@ def module_service_config(request, vhost_pipeline, tmp_path_factory):
                 created.append(name)
             return uri
 
-        vhost = vhosts.enter_context(vhost_pipeline.get())
-        rabbit_config = {"AMQP_URI": "{}://{}/{}".format(broker.scheme, broker.netloc, vhost)}
-        return build_service_config(rabbit_config, make_database, backend)
+        if amqp_uri is None:
+            vhost = vhosts.enter_context(vhost_pipeline.get())
+            amqp_uri = "{}://{}/{}".format(broker.scheme, broker.netloc, vhost)
+        return build_service_config({"AMQP_URI": amqp_uri}, make_database, backend)
 
     with ExitStack() as vhosts:
         yield make

@@ -183,10 +183,25 @@ class FaultRun:
     """A started system holding the fault catalogue (SKUS), views of its databases,
     and the stream of orders a fault is staged under."""
 
-    def __init__(self, system, databases):
-        self.system = system
-        self.databases = databases
+    def __init__(self, config, log_dir, **overrides):
+        """Not started yet: the system runs on ``config`` with ``overrides`` (say, an AMQP_URI or
+        DB_URIS through a proxy); the database views read ``config``'s databases directly."""
+        self.system = System(dict(config, **overrides), str(log_dir))
+        self.databases = Databases(config)
         self.stream = None
+
+    def start(self):
+        self.system.start()
+        self.system.create_products(*SKUS)
+        return self
+
+    def close(self, print_logs=False):
+        try:
+            self.system.stop_all()
+            if print_logs:
+                print(self.system.logs())
+        finally:
+            self.databases.close()
 
     @contextmanager
     def streaming(self, rate=20.0):

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support import free_port
 from tests.support.broker import PrivateBroker
-from tests.support.faults import SKUS, Databases, FaultRun
+from tests.support.faults import FaultRun
 from tests.support.proxy import proxied
 from tests.support.system import System
 
@@ -49,20 +49,12 @@ def fault_run(service_config, tmp_path, request):
     runs = []
 
     def start(**overrides):
-        run = FaultRun(System(dict(service_config, **overrides), str(tmp_path)), Databases(service_config))
-        runs.append(run)
-        run.system.start()
-        run.system.create_products(*SKUS)
-        return run
+        runs.append(FaultRun(service_config, tmp_path, **overrides))
+        return runs[-1].start()
 
     yield start
     for run in runs:
-        try:
-            run.system.stop_all()
-            if failed(request):
-                print(run.system.logs())
-        finally:
-            run.databases.close()
+        run.close(print_logs=failed(request))
 
 
 @pytest.fixture
