@@ -38,16 +38,6 @@ def observed_system(config, directory):
     return running
 
 
-@pytest.fixture
-def observed(service_config, tmp_path, request):
-    running = observed_system(service_config, tmp_path)
-    yield running
-    running.stop_all()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(running.logs())
-
-
 def traces(log_dir, service):
     path = os.path.join(str(log_dir), "{}.trace.log".format(service))
     if not os.path.exists(path):
@@ -194,37 +184,59 @@ def test_run_sh_trace_prints_a_table_without_json(traced):
     assert "hops" in table.stdout and "order_created" in table.stdout
 
 
-def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_everywhere(observed):
-    system = observed.start()
-    system.create_products(("OBS-2", "Chair", 5000, 1))
-    request_id = "bad-" + uuid.uuid4().hex[:12]
+# A refused order (with an X-Request-ID), a good one, and an operator's search by the
+# customer's address; each test below checks one thing the logs and traces show of them.
 
-    response = system.place_order(EMAIL, [("NO-SUCH-SKU", 1)], headers={"X-Request-ID": request_id})
-    assert response.status_code == 400, response.text
-    good = system.place_order(EMAIL, [("OBS-2", 1)])
-    assert good.status_code == 202
-    # an operator's search puts the address in a query string, percent-encoded
-    searched = requests.get(system.url("/orders"), params={"customer_email": EMAIL}, headers=tokens.admin(),
-                            timeout=10)
-    assert searched.status_code == 200 and "%40" in searched.url
-    eventually(lambda: settled(system, good.json()["id"]), message="order settled")
-    with system.rpc() as rpc:
-        eventually(lambda: rpc.notifications.list_notifications(order_id=good.json()["id"]),
-                   message="notification")
+@pytest.fixture(scope="module")
+def refused(module_service_config, tmp_path_factory, request):
+    system = observed_system(module_service_config(), tmp_path_factory.mktemp("refused"))
+    failures = request.session.testsfailed
+    try:
+        system.start()
+        system.create_products(("OBS-2", "Chair", 5000, 1))
+        request_id = "bad-" + uuid.uuid4().hex[:12]
 
-    failed = eventually(lambda: [line for line in traces(system.log_path, "orders")
-                                 if line["correlation_id"] == request_id], message="error trace")
+        response = system.place_order(EMAIL, [("NO-SUCH-SKU", 1)], headers={"X-Request-ID": request_id})
+        assert response.status_code == 400, response.text
+        good = system.place_order(EMAIL, [("OBS-2", 1)])
+        assert good.status_code == 202
+        # an operator's search puts the address in a query string, percent-encoded
+        searched = requests.get(system.url("/orders"), params={"customer_email": EMAIL}, headers=tokens.admin(),
+                                timeout=10)
+        assert searched.status_code == 200 and "%40" in searched.url
+        eventually(lambda: settled(system, good.json()["id"]), message="order settled")
+        with system.rpc() as rpc:
+            eventually(lambda: rpc.notifications.list_notifications(order_id=good.json()["id"]),
+                       message="notification")
+        failed = eventually(lambda: [line for line in traces(system.log_path, "orders")
+                                     if line["correlation_id"] == request_id], message="error trace")
+        yield SimpleNamespace(system=system, failed=failed)
+    finally:
+        system.stop_all()
+        if request.session.testsfailed > failures:
+            print(system.logs())
+
+
+def test_a_refused_call_is_traced_once_with_its_exception_as_expected(refused):
+    failed = refused.failed
     assert len(failed) == 1
     assert failed[0]["outcome"] == "error"
     assert failed[0]["exception_type"] == "InvalidInput"
     assert failed[0]["exception_expected"] is True
     assert failed[0]["http_status"] == 400
 
-    # neither the trace files, the plain log files nor stdout hold the address
-    written = glob.glob(str(system.log_path / "*.log")) + glob.glob(os.path.join(system.log_dir, "*.log"))
-    assert {os.path.basename(path) for path in glob.glob(str(system.log_path / "*.log"))} == {
+
+def test_each_service_writes_a_log_file_and_a_trace_file(refused):
+    log_path = refused.system.log_path
+    assert {os.path.basename(path) for path in glob.glob(str(log_path / "*.log"))} == {
         "{}{}.log".format(service, suffix) for service in ("orders", "inventory", "notifications")
         for suffix in ("", ".trace")}
+
+
+def test_no_log_or_trace_file_holds_the_address_only_its_masked_form(refused):
+    # neither the trace files, the plain log files nor stdout hold the address
+    system = refused.system
+    written = glob.glob(str(system.log_path / "*.log")) + glob.glob(os.path.join(system.log_dir, "*.log"))
     seen_masked = False
     for path in written:
         with open(path) as stream:
@@ -233,7 +245,10 @@ def test_failed_calls_are_traced_with_their_exception_and_emails_are_masked_ever
         assert EMAIL.replace("@", "%40") not in text, path
         seen_masked = seen_masked or MASKED in text
     assert seen_masked  # the notification log names the customer, masked
-    queries = [line["call"]["request"].get("query", "") for line in traces(system.log_path, "orders")
+
+
+def test_a_search_by_address_is_traced_with_the_address_masked(refused):
+    queries = [line["call"]["request"].get("query", "") for line in traces(refused.system.log_path, "orders")
                if line["entrypoint"] == "http_list_orders"]
     assert queries == ["customer_email=c***%40example.com"]
 
