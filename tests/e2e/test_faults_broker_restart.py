@@ -19,7 +19,6 @@ import pytest
 
 from tests.support import eventually
 from tests.support.broker import PrivateBroker
-from tests.support.faults import FaultRun
 
 
 def notification_backlog(broker):
@@ -38,43 +37,45 @@ def backlog_of_at_least(broker, count):
 # thing that must hold after it.
 
 @pytest.fixture(scope="module")
-def restart(module_service_config, tmp_path_factory, request):
+def private_node(tmp_path_factory, request):
+    """A RabbitMQ node of the module's own (tests/support/broker.py), stopped after the services."""
     broker = PrivateBroker(tmp_path_factory.mktemp("rabbitmq"))
-    run = None
     failures = request.session.testsfailed
     try:
         broker.start()
-        # the services use the private node's vhost "/", not a vhost on the shared broker
-        run = FaultRun(module_service_config(amqp_uri=broker.amqp_uri), tmp_path_factory.mktemp("system")).start()
-        system = run.system
-        with run.streaming(rate=20) as stream:
-            stream.accepted_after(20)
-            # notifications away: its order_confirmed events pile up in the broker
-            system.stop("notifications")
-            held, durable_before = eventually(lambda: backlog_of_at_least(broker, 20), timeout=20, interval=0.5,
-                                              message="20 events queued for notifications")
-
-            before_stop = len(stream.accepted)
-            broker.stop()
-            time.sleep(3)
-            broker.start()
-            while_down = len(stream.accepted) - before_stop
-            after_restart, durable_after = notification_backlog(broker)
-
-            # more orders; settling them needs orders and inventory to reconnect by themselves
-            up_at = len(stream.accepted)
-            stream.accepted_after(up_at + 20)
-            system.start("notifications")
-        yield SimpleNamespace(run=run, broker=broker, stream=stream, held=held, after_restart=after_restart,
-                              durable=(durable_before, durable_after), while_down=while_down)
+        yield broker
     finally:
-        try:
-            if run is not None:
-                run.close(print_logs=request.session.testsfailed > failures)
-        finally:
-            broker.close()
-            if request.session.testsfailed > failures:
-                print(broker.log_tail())
+        broker.close()
+        if request.session.testsfailed > failures:
+            print(broker.log_tail())
+
+
+@pytest.fixture(scope="module")
+def restart(private_node, module_service_config, module_fault_run):
+    broker = private_node
+    # the services use the private node's vhost "/", not a vhost on the shared broker
+    run = module_fault_run(module_service_config(amqp_uri=broker.amqp_uri))
+    system = run.system
+    with run.streaming(rate=20) as stream:
+        stream.accepted_after(20)
+        # notifications away: its order_confirmed events pile up in the broker
+        system.stop("notifications")
+        held, durable_before = eventually(lambda: backlog_of_at_least(broker, 20), timeout=20, interval=0.5,
+                                          message="20 events queued for notifications")
+
+        before_stop = len(stream.accepted)
+        broker.stop()
+        time.sleep(3)
+        broker.start()
+        while_down = len(stream.accepted) - before_stop
+        after_restart, durable_after = notification_backlog(broker)
+
+        # more orders; settling them needs orders and inventory to reconnect by themselves
+        up_at = len(stream.accepted)
+        stream.accepted_after(up_at + 20)
+        system.start("notifications")
+    return SimpleNamespace(run=run, broker=broker, stream=stream, held=held, after_restart=after_restart,
+                           durable=(durable_before, durable_after), while_down=while_down)
 
 
 def test_notifications_queues_are_durable(restart):

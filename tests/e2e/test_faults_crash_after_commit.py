@@ -8,7 +8,6 @@ window between commit and publish stays open until the process is killed.
 import time
 
 
-
 def test_events_committed_before_a_crash_are_delivered_after_the_restart(broker_proxy, fault_run):
     proxy, proxied_uri = broker_proxy
     run = fault_run(AMQP_URI=proxied_uri)

@@ -14,11 +14,17 @@ import pytest
 from tests.support.proxy import proxied as proxied_uri
 
 
-@pytest.fixture
-def database_proxies(service_config):
-    """A cuttable proxy in front of each service's database, and the DB_URIS through them."""
+@pytest.fixture(scope="module")
+def config(module_service_config):
+    return module_service_config("postgresql")
+
+
+@pytest.fixture(scope="module")
+def database_proxies(config):
+    """A cuttable proxy in front of each service's database, and the DB_URIS through them
+    (stopped after the services)."""
     proxies, proxied = [], {}
-    for key, uri in service_config["DB_URIS"].items():
+    for key, uri in config["DB_URIS"].items():
         proxy, proxied[key] = proxied_uri(uri, 5432)
         proxies.append(proxy)
     yield proxies, proxied
@@ -26,11 +32,14 @@ def database_proxies(service_config):
         proxy.stop()
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])
-def test_a_database_outage_gives_clean_503s_and_heals_without_a_restart(database_proxies, fault_run):
+# The outage, once for the module on PostgreSQL; each test below checks one thing that
+# holds after it.
+
+@pytest.fixture(scope="module")
+def outage(database_proxies, config, module_fault_run):
     proxies, proxied = database_proxies
     # the checks read the databases directly, not through the proxies
-    run = fault_run(DB_URIS=proxied)
+    run = module_fault_run(config, DB_URIS=proxied)
     with run.streaming(rate=20) as stream:
         stream.accepted_after(20)
         for proxy in proxies:
@@ -39,9 +48,20 @@ def test_a_database_outage_gives_clean_503s_and_heals_without_a_restart(database
         for proxy in proxies:
             proxy.restore()
         stream.accepted_after(len(stream.accepted) + 30)
+    return run
+
+
+def test_clients_get_accepted_or_a_503_never_anything_else(outage):
+    stream = outage.stream
     assert set(stream.outcomes) <= {202, 503}, (stream.outcomes, stream.bad_bodies[:3])
     assert stream.outcomes[503] > 0, "the outage was not felt"
-    for status, body in stream.bad_bodies:
+
+
+def test_each_503_names_the_database_in_a_json_error(outage):
+    for status, body in outage.stream.bad_bodies:
         assert body["error"] == "service_unavailable", body
         assert "database" in body["message"]
-    run.assert_everything_settled(timeout=60)
+
+
+def test_every_accepted_order_settles_once_without_a_restart(outage):
+    outage.assert_everything_settled(timeout=60)

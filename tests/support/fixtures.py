@@ -57,6 +57,24 @@ def fault_run(service_config, tmp_path, request):
         run.close(print_logs=failed(request))
 
 
+@pytest.fixture(scope="module")
+def module_fault_run(module_service_config, tmp_path_factory, request):
+    """``fault_run`` for a fault staged once for a whole module, whose tests each check one
+    behaviour after it: ``module_fault_run(config=None, **overrides)``, on ``config`` (from
+    ``module_service_config``, made here if not given) with ``overrides``."""
+    runs = []
+    failures = request.session.testsfailed
+
+    def start(config=None, **overrides):
+        config = config or module_service_config()
+        runs.append(FaultRun(config, tmp_path_factory.mktemp("system"), **overrides))
+        return runs[-1].start()
+
+    yield start
+    for run in runs:
+        run.close(print_logs=request.session.testsfailed > failures)
+
+
 @pytest.fixture
 def broker_proxy(service_config):
     """A cuttable proxy in front of the test's RabbitMQ vhost, and the AMQP URI through it."""
