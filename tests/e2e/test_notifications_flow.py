@@ -7,7 +7,6 @@ import pytest
 
 from tests.support import eventually, free_port
 from tests.support.notifications_fakes import FAST_DELIVERY, SmtpSink, WebhookSink, smtp_settings
-from tests.support.system import System
 
 
 def with_channels(config, smtp, provider):
@@ -33,45 +32,52 @@ def settled(system, order_id):
 # cancels it; each test below checks one thing that reaches the customer.
 
 @pytest.fixture(scope="module")
-def notified(module_service_config, tmp_path_factory, request):
-    directory = tmp_path_factory.mktemp("notified")
-    smtp, provider = SmtpSink(directory, free_port()), WebhookSink().start()
-    system = System(with_channels(module_service_config(), smtp, provider), str(directory))
-    failures = request.session.testsfailed
-    try:
-        smtp.start()
-        system.start()
-        system.create_products(("NTF-1", "Teapot", 2400, 10), ("NTF-2", "Cup", 350, 10))
+def module_smtp(tmp_path_factory):
+    """The ``smtp`` fixture's server, for the module's scenario (stopped after its system)."""
+    sink = SmtpSink(tmp_path_factory.mktemp("smtp"), free_port())
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def module_provider():
+    """The ``provider`` fixture's server, for the module's scenario (stopped after its system)."""
+    sink = WebhookSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def notified(module_smtp, module_provider, module_service_config, module_system):
+    smtp, provider = module_smtp, module_provider
+    system = module_system(with_channels(module_service_config(), smtp, provider))
+    smtp.start()
+    system.start()
+    system.create_products(("NTF-1", "Teapot", 2400, 10), ("NTF-2", "Cup", 350, 10))
+    with system.rpc() as rpc:
+        rpc.notifications.set_preferences("ivy@example.com", ["email", "sms", "push"], phone="+447700900200",
+                                          device_token="ivy-phone")
+
+    response = system.place_order("ivy@example.com", [("NTF-1", 1), ("NTF-2", 4)])
+    assert response.status_code == 202, response.text
+    order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
+    [mail] = eventually(lambda: smtp.to("ivy@example.com"), message="email received")
+    [sms] = eventually(lambda: provider.posts("/sms"), message="sms webhook called")
+    [push] = eventually(lambda: provider.posts("/push"), message="push webhook called")
+
+    def all_sent():
         with system.rpc() as rpc:
-            rpc.notifications.set_preferences("ivy@example.com", ["email", "sms", "push"], phone="+447700900200",
-                                              device_token="ivy-phone")
+            found = rpc.notifications.list_notifications(order_id=order["id"])
+        return found if len(found) == 3 and all(note["status"] == "sent" for note in found) else None
 
-        response = system.place_order("ivy@example.com", [("NTF-1", 1), ("NTF-2", 4)])
-        assert response.status_code == 202, response.text
-        order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
-        [mail] = eventually(lambda: smtp.to("ivy@example.com"), message="email received")
-        [sms] = eventually(lambda: provider.posts("/sms"), message="sms webhook called")
-        [push] = eventually(lambda: provider.posts("/push"), message="push webhook called")
+    notes = eventually(all_sent, message="all three sent")
 
-        def all_sent():
-            with system.rpc() as rpc:
-                found = rpc.notifications.list_notifications(order_id=order["id"])
-            return found if len(found) == 3 and all(note["status"] == "sent" for note in found) else None
-
-        notes = eventually(all_sent, message="all three sent")
-
-        with system.rpc() as rpc:
-            rpc.orders.cancel_order(order["id"])
-        [_, cancelled] = eventually(lambda: len(smtp.to("ivy@example.com")) == 2 and smtp.to("ivy@example.com"),
-                                    message="cancellation email")
-        yield SimpleNamespace(response=response, order=order, mail=mail, sms=sms, push=push, notes=notes,
-                              cancelled=cancelled)
-    finally:
-        system.stop_all()
-        smtp.stop()
-        provider.stop()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+    with system.rpc() as rpc:
+        rpc.orders.cancel_order(order["id"])
+    [_, cancelled] = eventually(lambda: len(smtp.to("ivy@example.com")) == 2 and smtp.to("ivy@example.com"),
+                                message="cancellation email")
+    return SimpleNamespace(response=response, order=order, mail=mail, sms=sms, push=push, notes=notes,
+                           cancelled=cancelled)
 
 
 def test_the_order_is_confirmed(notified):

@@ -7,6 +7,7 @@ with prometheus_client's own text parser.
 import glob
 import json
 import os
+import pathlib
 import subprocess
 import uuid
 from types import SimpleNamespace
@@ -17,25 +18,23 @@ from nameko.standalone.events import event_dispatcher
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import eventually, free_port, tokens
-from tests.support.system import ROOT, System
+from tests.support.system import ROOT
 
 EMAIL = "carol.customer@example.com"
 MASKED = "c***@example.com"
 
 
-def observed_system(config, directory):
-    """The three services with trace files under ``directory``/log and a metrics port each."""
-    log_dir = directory / "log"
-    ports = {"orders": free_port(), "inventory": free_port(), "notifications": free_port()}
-    running = System(config, str(directory), extra_env={
-        "LOG_DIR": str(log_dir),
-        "ORDERS_METRICS_PORT": str(ports["orders"]),
-        "INVENTORY_METRICS_PORT": str(ports["inventory"]),
-        "NOTIFICATIONS_METRICS_PORT": str(ports["notifications"]),
+def observed(system):
+    """``system`` writing trace files under its log directory's ``log/``, with a metrics port per service."""
+    system.log_path = pathlib.Path(system.log_dir) / "log"
+    system.metrics_ports = {"orders": free_port(), "inventory": free_port(), "notifications": free_port()}
+    system.env.update({
+        "LOG_DIR": str(system.log_path),
+        "ORDERS_METRICS_PORT": str(system.metrics_ports["orders"]),
+        "INVENTORY_METRICS_PORT": str(system.metrics_ports["inventory"]),
+        "NOTIFICATIONS_METRICS_PORT": str(system.metrics_ports["notifications"]),
     })
-    running.log_path = log_dir
-    running.metrics_ports = ports
-    return running
+    return system
 
 
 def traces(log_dir, service):
@@ -60,33 +59,27 @@ def run_trace(system, *args):
 # below checks one thing an operator sees of it.
 
 @pytest.fixture(scope="module")
-def traced(module_service_config, tmp_path_factory, request):
-    system = observed_system(module_service_config(), tmp_path_factory.mktemp("traced"))
-    failures = request.session.testsfailed
-    try:
-        system.start()
-        system.create_products(("OBS-1", "Lamp", 1999, 10))
-        request_id = "obs-" + uuid.uuid4().hex[:12]
-        response = system.place_order(EMAIL, [("OBS-1", 2)], headers={"X-Request-ID": request_id})
-        assert response.status_code == 202, response.text
-        order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
-        with system.rpc() as rpc:
-            notes = eventually(lambda: rpc.notifications.list_notifications(order_id=order["id"], status="sent"),
-                               message="notification sent")
+def traced(module_service_config, module_system):
+    system = observed(module_system(module_service_config()))
+    system.start()
+    system.create_products(("OBS-1", "Lamp", 1999, 10))
+    request_id = "obs-" + uuid.uuid4().hex[:12]
+    response = system.place_order(EMAIL, [("OBS-1", 2)], headers={"X-Request-ID": request_id})
+    assert response.status_code == 202, response.text
+    order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
+    with system.rpc() as rpc:
+        notes = eventually(lambda: rpc.notifications.list_notifications(order_id=order["id"], status="sent"),
+                           message="notification sent")
 
-        def calls(service):
-            return {(line["kind"], line["entrypoint"]): line
-                    for line in traces(system.log_path, service) if line["correlation_id"] == request_id}
+    def calls(service):
+        return {(line["kind"], line["entrypoint"]): line
+                for line in traces(system.log_path, service) if line["correlation_id"] == request_id}
 
-        orders, inventory, notifications = eventually(
-            lambda: (calls("orders"), calls("inventory"), calls("notifications")) if calls("notifications") else None,
-            message="notification trace")
-        yield SimpleNamespace(system=system, request_id=request_id, response=response, order=order, notes=notes,
-                              orders=orders, inventory=inventory, notifications=notifications)
-    finally:
-        system.stop_all()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+    orders, inventory, notifications = eventually(
+        lambda: (calls("orders"), calls("inventory"), calls("notifications")) if calls("notifications") else None,
+        message="notification trace")
+    return SimpleNamespace(system=system, request_id=request_id, response=response, order=order, notes=notes,
+                           orders=orders, inventory=inventory, notifications=notifications)
 
 
 @pytest.fixture(scope="module")
@@ -188,33 +181,27 @@ def test_run_sh_trace_prints_a_table_without_json(traced):
 # customer's address; each test below checks one thing the logs and traces show of them.
 
 @pytest.fixture(scope="module")
-def refused(module_service_config, tmp_path_factory, request):
-    system = observed_system(module_service_config(), tmp_path_factory.mktemp("refused"))
-    failures = request.session.testsfailed
-    try:
-        system.start()
-        system.create_products(("OBS-2", "Chair", 5000, 1))
-        request_id = "bad-" + uuid.uuid4().hex[:12]
+def refused(module_service_config, module_system):
+    system = observed(module_system(module_service_config()))
+    system.start()
+    system.create_products(("OBS-2", "Chair", 5000, 1))
+    request_id = "bad-" + uuid.uuid4().hex[:12]
 
-        response = system.place_order(EMAIL, [("NO-SUCH-SKU", 1)], headers={"X-Request-ID": request_id})
-        assert response.status_code == 400, response.text
-        good = system.place_order(EMAIL, [("OBS-2", 1)])
-        assert good.status_code == 202
-        # an operator's search puts the address in a query string, percent-encoded
-        searched = requests.get(system.url("/orders"), params={"customer_email": EMAIL}, headers=tokens.admin(),
-                                timeout=10)
-        assert searched.status_code == 200 and "%40" in searched.url
-        eventually(lambda: settled(system, good.json()["id"]), message="order settled")
-        with system.rpc() as rpc:
-            eventually(lambda: rpc.notifications.list_notifications(order_id=good.json()["id"]),
-                       message="notification")
-        failed = eventually(lambda: [line for line in traces(system.log_path, "orders")
-                                     if line["correlation_id"] == request_id], message="error trace")
-        yield SimpleNamespace(system=system, failed=failed)
-    finally:
-        system.stop_all()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+    response = system.place_order(EMAIL, [("NO-SUCH-SKU", 1)], headers={"X-Request-ID": request_id})
+    assert response.status_code == 400, response.text
+    good = system.place_order(EMAIL, [("OBS-2", 1)])
+    assert good.status_code == 202
+    # an operator's search puts the address in a query string, percent-encoded
+    searched = requests.get(system.url("/orders"), params={"customer_email": EMAIL}, headers=tokens.admin(),
+                            timeout=10)
+    assert searched.status_code == 200 and "%40" in searched.url
+    eventually(lambda: settled(system, good.json()["id"]), message="order settled")
+    with system.rpc() as rpc:
+        eventually(lambda: rpc.notifications.list_notifications(order_id=good.json()["id"]),
+                   message="notification")
+    failed = eventually(lambda: [line for line in traces(system.log_path, "orders")
+                                 if line["correlation_id"] == request_id], message="error trace")
+    return SimpleNamespace(system=system, failed=failed)
 
 
 def test_a_refused_call_is_traced_once_with_its_exception_as_expected(refused):
@@ -296,34 +283,28 @@ def value(samples, name, unused=False, **labels):
 # (or the trace tool) show of them.
 
 @pytest.fixture(scope="module")
-def metered(module_service_config, tmp_path_factory, request):
-    system = observed_system(module_service_config("postgresql"), tmp_path_factory.mktemp("metered"))
-    failures = request.session.testsfailed
-    try:
-        system.start()
-        system.create_products(("OBS-3", "Desk", 10000, 2))
-        orders_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["orders"])
-        inventory_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["inventory"])
-        notifications_url = "http://127.0.0.1:{}/".format(system.metrics_ports["notifications"])
-        before = scrape(orders_url)
+def metered(module_service_config, module_system):
+    system = observed(module_system(module_service_config("postgresql")))
+    system.start()
+    system.create_products(("OBS-3", "Desk", 10000, 2))
+    orders_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["orders"])
+    inventory_url = "http://127.0.0.1:{}/metrics".format(system.metrics_ports["inventory"])
+    notifications_url = "http://127.0.0.1:{}/".format(system.metrics_ports["notifications"])
+    before = scrape(orders_url)
 
-        assert system.place_order(EMAIL, [("OBS-3", 0)]).status_code == 400
-        placed = [system.place_order(EMAIL, [("OBS-3", 1)]) for _ in range(3)]  # the third is rejected
-        assert [response.status_code for response in placed] == [202, 202, 202]
-        for response in placed:
-            eventually(lambda: settled(system, response.json()["id"]), message="order settled")
-        with system.rpc() as rpc:
-            eventually(lambda: len(rpc.notifications.list_notifications(status="sent")) == 3,
-                       message="3 notifications sent")
+    assert system.place_order(EMAIL, [("OBS-3", 0)]).status_code == 400
+    placed = [system.place_order(EMAIL, [("OBS-3", 1)]) for _ in range(3)]  # the third is rejected
+    assert [response.status_code for response in placed] == [202, 202, 202]
+    for response in placed:
+        eventually(lambda: settled(system, response.json()["id"]), message="order settled")
+    with system.rpc() as rpc:
+        eventually(lambda: len(rpc.notifications.list_notifications(status="sent")) == 3,
+                   message="3 notifications sent")
 
-        yield SimpleNamespace(
-            system=system, placed=placed, orders_url=orders_url, inventory_url=inventory_url, before=before,
-            after=scrape(orders_url), inventory=eventually(lambda: scrape(inventory_url), message="inventory metrics"),
-            notifications=scrape(notifications_url))
-    finally:
-        system.stop_all()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+    return SimpleNamespace(
+        system=system, placed=placed, orders_url=orders_url, inventory_url=inventory_url, before=before,
+        after=scrape(orders_url), inventory=eventually(lambda: scrape(inventory_url), message="inventory metrics"),
+        notifications=scrape(notifications_url))
 
 
 def test_metrics_are_not_on_the_public_api_port(metered):

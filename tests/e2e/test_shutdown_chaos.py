@@ -17,7 +17,6 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests.support import eventually
-from tests.support.system import System
 
 STOCK = {"KILL-A": 150, "KILL-B": 90}
 
@@ -55,57 +54,51 @@ STEPS = [("inventory", signal.SIGTERM), ("notifications", signal.SIGKILL), ("ord
 
 
 @pytest.fixture(scope="module")
-def chaos(module_service_config, tmp_path_factory, request):
-    system = System(module_service_config(), str(tmp_path_factory.mktemp("chaos")))
-    failures = request.session.testsfailed
+def chaos(module_service_config, module_system):
+    system = module_system(module_service_config())
+    system.start()
+    system.create_products(*[(sku, sku, 100, stock) for sku, stock in STOCK.items()])
+    stream = OrderStream(system)
+    stream.start()
+    codes = []
     try:
-        system.start()
-        system.create_products(*[(sku, sku, 100, stock) for sku, stock in STOCK.items()])
-        stream = OrderStream(system)
-        stream.start()
-        codes = []
-        try:
-            for service, sig in STEPS:
-                time.sleep(0.7)
-                # a graceful stop may take SHUTDOWN_TIMEOUT (20 s) by design; once in a CI run orders
-                # took over 15 s with orders streaming in (cause not found), so wait past the bound
-                codes.append((service, sig, system.stop(service, sig=sig, timeout=30)))
-                time.sleep(0.3)  # orders keep coming (or being refused) while it is down
-                system.start(service)
+        for service, sig in STEPS:
             time.sleep(0.7)
-        finally:
-            stream.running = False
-            stream.join(10)
-
-        orders_db = create_engine(system.config["DB_URIS"]["orders:OrdersBase"])
-
-        def all_final():
-            with orders_db.connect() as connection:
-                statuses = dict(connection.execute(text("SELECT id, status FROM orders")).all())
-            return statuses if statuses and "pending" not in statuses.values() else None
-
-        statuses = eventually(all_final, timeout=60, interval=0.5, message="every order final")
-        with orders_db.connect() as connection:
-            confirmed = dict(connection.execute(text(
-                "SELECT l.sku, SUM(l.quantity) FROM order_lines l JOIN orders o ON o.id = l.order_id "
-                "WHERE o.status = 'confirmed' GROUP BY l.sku")).all())
-        orders_db.dispose()
-        with system.rpc() as proxy:
-            stock = {sku: proxy.inventory.get_stock(sku) for sku in STOCK}
-
-            def notified():
-                notes = proxy.notifications.list_notifications(limit=1000)
-                return notes if len(notes) >= len(statuses) else None
-
-            notes = eventually(notified, timeout=30, message="a notification per order")
-        print("{} orders accepted, {} refused while orders was down; {}".format(
-            len(stream.accepted), stream.refused, sorted(collections.Counter(statuses.values()).items())))
-        yield SimpleNamespace(system=system, stream=stream, codes=codes, statuses=statuses, confirmed=confirmed,
-                              stock=stock, notes=notes)
+            # a graceful stop may take SHUTDOWN_TIMEOUT (20 s) by design; once in a CI run orders
+            # took over 15 s with orders streaming in (cause not found), so wait past the bound
+            codes.append((service, sig, system.stop(service, sig=sig, timeout=30)))
+            time.sleep(0.3)  # orders keep coming (or being refused) while it is down
+            system.start(service)
+        time.sleep(0.7)
     finally:
-        system.stop_all()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+        stream.running = False
+        stream.join(10)
+
+    orders_db = create_engine(system.config["DB_URIS"]["orders:OrdersBase"])
+
+    def all_final():
+        with orders_db.connect() as connection:
+            statuses = dict(connection.execute(text("SELECT id, status FROM orders")).all())
+        return statuses if statuses and "pending" not in statuses.values() else None
+
+    statuses = eventually(all_final, timeout=60, interval=0.5, message="every order final")
+    with orders_db.connect() as connection:
+        confirmed = dict(connection.execute(text(
+            "SELECT l.sku, SUM(l.quantity) FROM order_lines l JOIN orders o ON o.id = l.order_id "
+            "WHERE o.status = 'confirmed' GROUP BY l.sku")).all())
+    orders_db.dispose()
+    with system.rpc() as proxy:
+        stock = {sku: proxy.inventory.get_stock(sku) for sku in STOCK}
+
+        def notified():
+            notes = proxy.notifications.list_notifications(limit=1000)
+            return notes if len(notes) >= len(statuses) else None
+
+        notes = eventually(notified, timeout=30, message="a notification per order")
+    print("{} orders accepted, {} refused while orders was down; {}".format(
+        len(stream.accepted), stream.refused, sorted(collections.Counter(statuses.values()).items())))
+    return SimpleNamespace(system=system, stream=stream, codes=codes, statuses=statuses, confirmed=confirmed,
+                           stock=stock, notes=notes)
 
 
 def test_sigterm_stops_a_service_cleanly_and_sigkill_kills_it_mid_stream(chaos):

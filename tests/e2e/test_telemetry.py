@@ -120,40 +120,41 @@ def settled_and_notified(system, order_id):
 # spans collected; each test below checks one thing about its trace.
 
 @pytest.fixture(scope="module")
-def order_trace(module_service_config, tmp_path_factory, request):
+def module_receiver():
+    """The ``receiver`` fixture's, for the module's scenario (stopped after its system)."""
+    running = OtlpReceiver()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def order_trace(module_receiver, module_service_config, module_system):
     """The spans of the order's trace and its root (the POST /orders span)."""
-    receiver = OtlpReceiver()
-    system = make_system(module_service_config(), tmp_path_factory.mktemp("order-trace"))
+    receiver = module_receiver
+    system = module_system(module_service_config())
     system.env.update(telemetry_env(receiver))
-    failures = request.session.testsfailed
-    try:
-        system.start()
-        system.create_products(("OTEL-1", "Lamp", 1999, 10))
-        # a malformed traceparent is ignored: the request starts a trace of its own
-        response = system.place_order(EMAIL, [("OTEL-1", 1)], headers={"traceparent": "00-not-a-trace-01"})
-        assert response.status_code == 202, response.text
-        order_id = response.json()["id"]
-        eventually(lambda: settled_and_notified(system, order_id), timeout=30, message="order notified")
+    system.start()
+    system.create_products(("OTEL-1", "Lamp", 1999, 10))
+    # a malformed traceparent is ignored: the request starts a trace of its own
+    response = system.place_order(EMAIL, [("OTEL-1", 1)], headers={"traceparent": "00-not-a-trace-01"})
+    assert response.status_code == 202, response.text
+    order_id = response.json()["id"]
+    eventually(lambda: settled_and_notified(system, order_id), timeout=30, message="order notified")
 
-        def placed():
-            return [span for span in receiver.spans
-                    if span["service"] == "orders" and span["name"] == "POST /orders"]
-        root = eventually(placed, message="the POST /orders span")[0]
+    def placed():
+        return [span for span in receiver.spans
+                if span["service"] == "orders" and span["name"] == "POST /orders"]
+    root = eventually(placed, message="the POST /orders span")[0]
 
-        def whole():
-            spans = receiver.trace(root["trace_id"])
-            names = {(span["service"], span["name"]) for span in spans}
-            return spans if {("notifications", "order_confirmed process"),
-                             ("orders", "order_confirmed publish")} <= names else None
-        eventually(whole, timeout=20, message="notifications' span in the order's trace")
-        system.stop_all()
-        time.sleep(0.5)  # anything flushed on shutdown
-        yield root, receiver.trace(root["trace_id"])
-    finally:
-        system.stop_all()
-        receiver.stop()
-        if request.session.testsfailed > failures:
-            print(system.logs())
+    def whole():
+        spans = receiver.trace(root["trace_id"])
+        names = {(span["service"], span["name"]) for span in spans}
+        return spans if {("notifications", "order_confirmed process"),
+                         ("orders", "order_confirmed publish")} <= names else None
+    eventually(whole, timeout=20, message="notifications' span in the order's trace")
+    system.stop_all()
+    time.sleep(0.5)  # anything flushed on shutdown
+    return root, receiver.trace(root["trace_id"])
 
 
 def test_a_malformed_traceparent_starts_a_trace_of_its_own(order_trace):

@@ -36,6 +36,24 @@ def system(service_config, tmp_path, request):
         print(running.logs())
 
 
+@pytest.fixture(scope="module")
+def module_system(tmp_path_factory, request):
+    """Factory: ``module_system(config, **kwargs)``, a ``System`` (not started) for a scenario run
+    once for a whole module; stopped after the module's last test, its logs printed if one failed."""
+    systems = []
+    failures = request.session.testsfailed
+
+    def make(config, **kwargs):
+        systems.append(System(config, str(tmp_path_factory.mktemp("system")), **kwargs))
+        return systems[-1]
+
+    yield make
+    for running in systems:
+        running.stop_all()
+        if request.session.testsfailed > failures:
+            print(running.logs())
+
+
 @pytest.fixture
 def fault_run(service_config, tmp_path, request):
     """Factory for the fault tests' set-up: ``fault_run(**overrides)`` starts the system on
