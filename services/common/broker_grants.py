@@ -28,7 +28,7 @@ that way: nameko takes the method from the routing key).
 
 CLI::
 
-    python -m services.common.broker_grants definitions [--vhost V] [--http-catalogue-writes]
+    python -m services.common.broker_grants definitions [--vhost V]
     python -m services.common.broker_grants provision --amqp-uri URI --credentials FILE
     python -m services.common.broker_grants hash-password   # reads the password on stdin
 """
@@ -89,22 +89,12 @@ SERVICES = {
     ),
 }
 
-# orders' admin-scope HTTP routes (POST/PATCH /products, restock) call these.
-# Off in the production definitions: catalogue writes then answer only to the
-# operator user, and those routes answer 403. On for ./run.sh's development
-# users (BROKER_HTTP_CATALOGUE_WRITES=1, the default there), so the README's
-# HTTP examples work; docs/operations.md weighs the two.
-HTTP_CATALOGUE_WRITES = ("inventory.create_product", "inventory.update_product", "inventory.restock")
-
-
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names)
 
 
-def calls(service, http_catalogue_writes=False):
-    grant = SERVICES[service]
-    extra = HTTP_CATALOGUE_WRITES if (http_catalogue_writes and service == "orders") else ()
-    return tuple(grant.calls) + extra
+def calls(service):
+    return tuple(SERVICES[service].calls)
 
 
 def queue_pattern(service):
@@ -141,11 +131,11 @@ def permissions(service):
             for kind, parts in (("configure", configure), ("write", write), ("read", read))}
 
 
-def topic_permissions(service, http_catalogue_writes=False):
+def topic_permissions(service):
     """Per exchange, the routing keys ``service`` may publish (write) and bind (read)."""
     grant = SERVICES[service]
     name = re.escape(service)
-    allowed_calls = calls(service, http_catalogue_writes)
+    allowed_calls = calls(service)
     rpc_write = "^({})$".format("|".join(([_alternatives(allowed_calls)] if allowed_calls else []) + [REPLY_KEY]))
     found = [{"exchange": RPC_EXCHANGE, "write": rpc_write,
               "read": r"^({}\.\*|{})$".format(name, REPLY_KEY)}]
@@ -175,7 +165,7 @@ def rabbit_password_hash(password, salt=None):
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode("ascii")
 
 
-def definitions(vhost="/", prefix="", http_catalogue_writes=False, password_hashes=None):
+def definitions(vhost="/", prefix="", password_hashes=None):
     """A RabbitMQ definitions document (``rabbitmqctl import_definitions`` / ``load_definitions``)."""
     password_hashes = password_hashes or {}
     users, granted, topics = [], [], []
@@ -192,7 +182,7 @@ def definitions(vhost="/", prefix="", http_catalogue_writes=False, password_hash
             granted.append({"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
             continue
         granted.append(dict({"user": user, "vhost": vhost}, **permissions(role)))
-        for topic in topic_permissions(role, http_catalogue_writes):
+        for topic in topic_permissions(role):
             topics.append(dict({"user": user, "vhost": vhost}, **topic))
     return {"users": users, "vhosts": [{"name": vhost}], "permissions": granted, "topic_permissions": topics}
 
@@ -230,9 +220,9 @@ def _q(value):
     return urllib.parse.quote(value, safe="")
 
 
-def provision(management, vhost, passwords, prefix="", http_catalogue_writes=False):
+def provision(management, vhost, passwords, prefix=""):
     """Create (or bring up to date) every user, its permissions and topic permissions. Idempotent."""
-    document = definitions(vhost, prefix, http_catalogue_writes)
+    document = definitions(vhost, prefix)
     management.put("/api/vhosts/{}".format(_q(vhost)), {})
     for user in document["users"]:
         role = user["name"][len(prefix):]
@@ -326,7 +316,7 @@ def _provision_command(args):
     prefix = user_prefix(vhost)
     management = Management(args.management_url or "http://{}:15672".format(host), "guest", admin_password)
     try:
-        provision(management, vhost, passwords, prefix, args.http_catalogue_writes)
+        provision(management, vhost, passwords, prefix)
     except (OSError, urllib.error.URLError) as exc:
         print("could not create the broker users through the management API ({}); is the "
               "rabbitmq_management plugin enabled?".format(exc), file=sys.stderr)
@@ -343,17 +333,15 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     document = commands.add_parser("definitions", help="print the RabbitMQ definitions (password hashes as placeholders)")
     document.add_argument("--vhost", default="/")
-    document.add_argument("--http-catalogue-writes", action="store_true")
     create = commands.add_parser("provision", help="create the users on a local development broker; "
                                                    "prints shell exports of each service's AMQP URI")
     create.add_argument("--amqp-uri", required=True)
     create.add_argument("--credentials", required=True)
     create.add_argument("--management-url")
-    create.add_argument("--http-catalogue-writes", action="store_true")
     commands.add_parser("hash-password", help="RabbitMQ's sha256 hash of the password read from stdin")
     args = parser.parse_args(argv)
     if args.command == "definitions":
-        json.dump(definitions(args.vhost, http_catalogue_writes=args.http_catalogue_writes), sys.stdout, indent=2)
+        json.dump(definitions(args.vhost), sys.stdout, indent=2)
         print()
         return 0
     if args.command == "hash-password":
