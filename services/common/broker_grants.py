@@ -19,12 +19,15 @@ publish only its own events, and bind only to the events it handles.
 Catalogue writes, restock, notification preferences and dead-letter replay
 are then the operator's alone (full rights on the vhost).
 
-Known limit: retries and dead letters are published to the default exchange
-(``amq.default``, routing by queue name), which topic permissions do not
-cover, and RabbitMQ checks write on ``amq.default`` when a retry queue is
-declared with it as dead-letter exchange. A service user can therefore
-publish into any queue of the vhost by name (though not call an RPC method
-that way: nameko takes the method from the routing key).
+No service user may write to the default exchange (``amq.default``, which
+routes by queue name to any queue of the vhost, past every topic
+permission). Retries and dead letters go through the service's own
+redelivery exchange instead (``<service>.redelivery``, consumers.py): only
+that service may declare it or publish to it, and only its own queues are
+bound to it (binding needs write on the queue, which no other service has),
+so a service cannot put a message into another service's queue by any
+route: not by the default exchange, not by another's redelivery exchange,
+not by a queue of its own that dead-letters somewhere.
 
 CLI::
 
@@ -47,7 +50,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 RPC_EXCHANGE = "nameko-rpc"
-DEFAULT_EXCHANGE = "amq.default"
+DEFAULT_EXCHANGE = "amq.default"  # granted to no service user (operator: everything)
 OPERATOR = "operator"
 # a reply's routing key: the UUID the caller's reply queue is bound with (no dot,
 # so it can never match a "<service>.*" request binding). No braces: RabbitMQ
@@ -89,6 +92,11 @@ SERVICES = {
     ),
 }
 
+def redelivery_exchange(service):
+    """The name of ``service``'s retry and dead-letter exchange (``consumers.redelivery_exchange``)."""
+    return "{}.redelivery".format(service)
+
+
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names)
 
@@ -102,14 +110,14 @@ def queue_pattern(service):
 
     ``rpc-<service>`` (its RPC entrypoints), ``rpc.reply-<service>-<uuid>``
     (replies to its calls), ``evt-<source>-<event>--<service>.<method>`` and
-    their ``.retry-<ms>ms`` queues (consumers.py), ``<service>.dead-letters``.
+    their ``.backoff-<ms>ms`` retry queues (consumers.py), ``<service>.dead-letters``.
     """
     name = re.escape(service)
     parts = ["rpc-{}".format(name), r"rpc\.reply-{}-{}".format(name, REPLY_KEY),
              r"{}\.dead-letters".format(name)]
     grant = SERVICES[service]
     for source, events in sorted(grant.handles.items()):
-        parts.append(r"evt-{}-({})--{}\.[A-Za-z0-9_]+(\.retry-[0-9]+ms)?".format(
+        parts.append(r"evt-{}-({})--{}\.[A-Za-z0-9_]+(\.backoff-[0-9]+ms)?".format(
             re.escape(source), _alternatives(events), name))
     return "|".join(parts)
 
@@ -119,14 +127,17 @@ def permissions(service):
     grant = SERVICES[service]
     queues = queue_pattern(service)
     own_events = re.escape("{}.events".format(service))
+    redelivery = re.escape(redelivery_exchange(service))
     sources = [re.escape("{}.events".format(source)) for source in sorted(grant.handles)]
     rpc = re.escape(RPC_EXCHANGE)
-    # declare: its queues, nameko-rpc, its own event exchange, the ones it consumes from
-    configure = [queues, rpc, own_events] + sources
-    # publish to nameko-rpc, its event exchange, amq.default (retries, dead letters); bind its queues
-    write = [queues, rpc, own_events, re.escape(DEFAULT_EXCHANGE)]
-    # consume its queues; bind them to nameko-rpc and the event exchanges it consumes from
-    read = [queues, rpc] + sources
+    # declare: its queues, nameko-rpc, its own event and redelivery exchanges, the ones it consumes from
+    configure = [queues, rpc, own_events, redelivery] + sources
+    # publish to nameko-rpc, its event exchange, its redelivery exchange (retries, dead
+    # letters; never amq.default); bind its queues (write on the queue)
+    write = [queues, rpc, own_events, redelivery]
+    # consume its queues; bind them to nameko-rpc, its redelivery exchange and the
+    # event exchanges it consumes from (read on the exchange)
+    read = [queues, rpc, redelivery] + sources
     return {kind: "^({})$".format("|".join(parts))
             for kind, parts in (("configure", configure), ("write", write), ("read", read))}
 

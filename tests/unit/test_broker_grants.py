@@ -61,11 +61,23 @@ def test_orders_may_call_inventory_reads_but_never_catalogue_writes():
         assert not write.match(forbidden), forbidden
 
 
+def test_no_service_may_write_to_the_default_exchange_only_to_its_own_redelivery_exchange():
+    from services.common.consumers import redelivery_exchange
+    for name in broker_grants.SERVICES:
+        write = re.compile(broker_grants.permissions(name)["write"])
+        assert not write.match("amq.default") and not write.match(""), name
+        assert write.match(redelivery_exchange(name).name), name
+        for other in set(broker_grants.SERVICES) - {name}:
+            assert not write.match(redelivery_exchange(other).name), (name, other)
+            configure = re.compile(broker_grants.permissions(name)["configure"])
+            assert not configure.match(redelivery_exchange(other).name), (name, other)
+
+
 def test_queue_patterns_cover_a_service_s_own_queues_only():
     configure = re.compile(broker_grants.permissions("orders")["configure"])
     for own in ("rpc-orders", "rpc.reply-orders-0b8e4c1e-1111-2222-3333-444455556666", "orders.dead-letters",
                 "evt-inventory-product_changed--orders.apply_product_change",
-                "evt-inventory-product_changed--orders.apply_product_change.retry-500ms"):
+                "evt-inventory-product_changed--orders.apply_product_change.backoff-500ms"):
         assert configure.match(own), own
     for other in ("rpc-inventory", "inventory.dead-letters", "evt-orders-order_created--inventory.reserve_stock",
                   "rpc.reply-inventory-0b8e4c1e", "rpc-orders-x"):
