@@ -157,7 +157,7 @@ run_services() {
     done
     "$PY" -m scripts.wait_ready --config "$CONFIG" --timeout 60
     "$PY" -m scripts.seed --config "$CONFIG"
-    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000} (Ctrl-C stops everything)"
+    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000}, inventory's admin API on http://${INVENTORY_WEB_SERVER_ADDRESS:-0.0.0.0:8001} (Ctrl-C stops everything)"
     wait "${pids[@]}"
 }
 
