@@ -33,7 +33,15 @@ CLI::
 
     python -m services.common.broker_grants definitions [--vhost V]
     python -m services.common.broker_grants provision --amqp-uri URI --credentials FILE
+    python -m services.common.broker_grants create-users --management-url URL --vhost V [--user-prefix P]
     python -m services.common.broker_grants hash-password   # reads the password on stdin
+
+``provision`` is ./run.sh's (a local broker reached as guest, passwords
+generated); ``create-users`` is the init step of compose and of a Kubernetes
+Job (an admin user of the management API from ``RABBITMQ_ADMIN_USER`` /
+``RABBITMQ_ADMIN_PASSWORD``, each role's password from
+``<ROLE>_BROKER_PASSWORD``). Both create the same users with the same
+grants, idempotently.
 """
 import argparse
 import base64
@@ -44,6 +52,7 @@ import re
 import secrets
 import shlex
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -339,6 +348,30 @@ def _provision_command(args):
     return 0
 
 
+def _create_users_command(args, environ=os.environ):
+    missing = [password_variable(role) for role in ROLES if not environ.get(password_variable(role))]
+    missing += [name for name in ("RABBITMQ_ADMIN_USER", "RABBITMQ_ADMIN_PASSWORD") if not environ.get(name)]
+    if missing:
+        print("create-users needs {} in the environment".format(", ".join(missing)), file=sys.stderr)
+        return 2
+    passwords = {role: environ[password_variable(role)] for role in ROLES}
+    management = Management(args.management_url, environ["RABBITMQ_ADMIN_USER"], environ["RABBITMQ_ADMIN_PASSWORD"])
+    deadline = time.monotonic() + args.wait
+    while True:  # the management plugin answers a little after the AMQP port
+        try:
+            provision(management, args.vhost, passwords, args.user_prefix)
+            break
+        except (OSError, urllib.error.URLError) as exc:
+            if time.monotonic() >= deadline:
+                print("could not create the broker users at {}: {}".format(args.management_url, exc),
+                      file=sys.stderr)
+                return 1
+            time.sleep(2)
+    print("broker users {} ready on vhost {}".format(
+        ", ".join(user_name(role, args.user_prefix) for role in ROLES), args.vhost), file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -349,12 +382,20 @@ def main(argv=None):
     create.add_argument("--amqp-uri", required=True)
     create.add_argument("--credentials", required=True)
     create.add_argument("--management-url")
+    users = commands.add_parser("create-users", help="create the users through a broker's management API "
+                                                     "(compose's and Kubernetes' init step)")
+    users.add_argument("--management-url", required=True)
+    users.add_argument("--vhost", required=True)
+    users.add_argument("--user-prefix", default="")
+    users.add_argument("--wait", type=float, default=120, help="seconds to wait for the management API")
     commands.add_parser("hash-password", help="RabbitMQ's sha256 hash of the password read from stdin")
     args = parser.parse_args(argv)
     if args.command == "definitions":
         json.dump(definitions(args.vhost), sys.stdout, indent=2)
         print()
         return 0
+    if args.command == "create-users":
+        return _create_users_command(args)
     if args.command == "hash-password":
         print(rabbit_password_hash(sys.stdin.readline().rstrip("\n")))
         return 0
