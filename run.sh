@@ -89,18 +89,15 @@ ensure_management() {
 # RabbitMQ user and the operator commands (seed, shell, dlq) as "operator",
 # created here with passwords from the environment (ORDERS_BROKER_PASSWORD,
 # ...) or generated into var/broker-credentials.env (mode 600). Any other
-# AMQP_URI is used as given. BROKER_USERS=off keeps guest;
-# BROKER_HTTP_CATALOGUE_WRITES=0 refuses orders the catalogue writes its
-# admin HTTP routes make (docs/operations.md).
+# AMQP_URI is used as given. BROKER_USERS=off keeps guest.
 ensure_broker_users() {
     [[ "${BROKER_USERS:-on}" == off ]] && return 0
-    local exports writes=()
-    [[ "${BROKER_HTTP_CATALOGUE_WRITES:-1}" == 1 ]] && writes=(--http-catalogue-writes)
+    local exports
     if "$PY" -c 'import os, sys; from services.common.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
         ensure_management
     fi
     exports=$("$PY" -m services.common.broker_grants provision --amqp-uri "$AMQP_URI" \
-        --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}" "${writes[@]}") || exit 1
+        --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}") || exit 1
     eval "$exports"
 }
 
@@ -160,7 +157,7 @@ run_services() {
     done
     "$PY" -m scripts.wait_ready --config "$CONFIG" --timeout 60
     "$PY" -m scripts.seed --config "$CONFIG"
-    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000} (Ctrl-C stops everything)"
+    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000}, inventory's admin API on http://${INVENTORY_WEB_SERVER_ADDRESS:-0.0.0.0:8001} (Ctrl-C stops everything)"
     wait "${pids[@]}"
 }
 

@@ -379,6 +379,7 @@ def run_system(args, work, instances, db=None):
         config.pop("LOGGING", None)
         config["AMQP_URI"] = vhost.amqp_uri
         config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+        config["INVENTORY_WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
         config["DB_URIS"] = databases.uris
         # orders are placed by one operator token for many customers: the
         # per-customer rate limit would stop it (every request is still verified)

@@ -69,6 +69,9 @@ def build_service_config(rabbit_config, make_database, backend):
     config.update(tokens.SETTINGS)
     config["AMQP_URI"] = rabbit_config["AMQP_URI"]
     config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+    # inventory's admin API: a port of the test's own too (never config.yaml's 8001, shared with
+    # every other test through SO_REUSEPORT)
+    config["INVENTORY_WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
     config["DB_URIS"] = {
         "{}:{}".format(service, base): make_database(service, backend)
         for service, base in SERVICES.items()

@@ -19,18 +19,29 @@ publish only its own events, and bind only to the events it handles.
 Catalogue writes, restock, notification preferences and dead-letter replay
 are then the operator's alone (full rights on the vhost).
 
-Known limit: retries and dead letters are published to the default exchange
-(``amq.default``, routing by queue name), which topic permissions do not
-cover, and RabbitMQ checks write on ``amq.default`` when a retry queue is
-declared with it as dead-letter exchange. A service user can therefore
-publish into any queue of the vhost by name (though not call an RPC method
-that way: nameko takes the method from the routing key).
+No service user may write to the default exchange (``amq.default``, which
+routes by queue name to any queue of the vhost, past every topic
+permission). Retries and dead letters go through the service's own
+redelivery exchange instead (``<service>.redelivery``, consumers.py): only
+that service may declare it or publish to it, and only its own queues are
+bound to it (binding needs write on the queue, which no other service has),
+so a service cannot put a message into another service's queue by any
+route: not by the default exchange, not by another's redelivery exchange,
+not by a queue of its own that dead-letters somewhere.
 
 CLI::
 
-    python -m services.common.broker_grants definitions [--vhost V] [--http-catalogue-writes]
+    python -m services.common.broker_grants definitions [--vhost V]
     python -m services.common.broker_grants provision --amqp-uri URI --credentials FILE
+    python -m services.common.broker_grants create-users --management-url URL --vhost V [--user-prefix P]
     python -m services.common.broker_grants hash-password   # reads the password on stdin
+
+``provision`` is ./run.sh's (a local broker reached as guest, passwords
+generated); ``create-users`` is the init step of compose and of a Kubernetes
+Job (an admin user of the management API from ``RABBITMQ_ADMIN_USER`` /
+``RABBITMQ_ADMIN_PASSWORD``, each role's password from
+``<ROLE>_BROKER_PASSWORD``). Both create the same users with the same
+grants, idempotently.
 """
 import argparse
 import base64
@@ -41,13 +52,14 @@ import re
 import secrets
 import shlex
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
 RPC_EXCHANGE = "nameko-rpc"
-DEFAULT_EXCHANGE = "amq.default"
+DEFAULT_EXCHANGE = "amq.default"  # granted to no service user (operator: everything)
 OPERATOR = "operator"
 # a reply's routing key: the UUID the caller's reply queue is bound with (no dot,
 # so it can never match a "<service>.*" request binding). No braces: RabbitMQ
@@ -89,22 +101,17 @@ SERVICES = {
     ),
 }
 
-# orders' admin-scope HTTP routes (POST/PATCH /products, restock) call these.
-# Off in the production definitions: catalogue writes then answer only to the
-# operator user, and those routes answer 403. On for ./run.sh's development
-# users (BROKER_HTTP_CATALOGUE_WRITES=1, the default there), so the README's
-# HTTP examples work; docs/operations.md weighs the two.
-HTTP_CATALOGUE_WRITES = ("inventory.create_product", "inventory.update_product", "inventory.restock")
+def redelivery_exchange(service):
+    """The name of ``service``'s retry and dead-letter exchange (``consumers.redelivery_exchange``)."""
+    return "{}.redelivery".format(service)
 
 
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names)
 
 
-def calls(service, http_catalogue_writes=False):
-    grant = SERVICES[service]
-    extra = HTTP_CATALOGUE_WRITES if (http_catalogue_writes and service == "orders") else ()
-    return tuple(grant.calls) + extra
+def calls(service):
+    return tuple(SERVICES[service].calls)
 
 
 def queue_pattern(service):
@@ -112,14 +119,14 @@ def queue_pattern(service):
 
     ``rpc-<service>`` (its RPC entrypoints), ``rpc.reply-<service>-<uuid>``
     (replies to its calls), ``evt-<source>-<event>--<service>.<method>`` and
-    their ``.retry-<ms>ms`` queues (consumers.py), ``<service>.dead-letters``.
+    their ``.backoff-<ms>ms`` retry queues (consumers.py), ``<service>.dead-letters``.
     """
     name = re.escape(service)
     parts = ["rpc-{}".format(name), r"rpc\.reply-{}-{}".format(name, REPLY_KEY),
              r"{}\.dead-letters".format(name)]
     grant = SERVICES[service]
     for source, events in sorted(grant.handles.items()):
-        parts.append(r"evt-{}-({})--{}\.[A-Za-z0-9_]+(\.retry-[0-9]+ms)?".format(
+        parts.append(r"evt-{}-({})--{}\.[A-Za-z0-9_]+(\.backoff-[0-9]+ms)?".format(
             re.escape(source), _alternatives(events), name))
     return "|".join(parts)
 
@@ -129,23 +136,26 @@ def permissions(service):
     grant = SERVICES[service]
     queues = queue_pattern(service)
     own_events = re.escape("{}.events".format(service))
+    redelivery = re.escape(redelivery_exchange(service))
     sources = [re.escape("{}.events".format(source)) for source in sorted(grant.handles)]
     rpc = re.escape(RPC_EXCHANGE)
-    # declare: its queues, nameko-rpc, its own event exchange, the ones it consumes from
-    configure = [queues, rpc, own_events] + sources
-    # publish to nameko-rpc, its event exchange, amq.default (retries, dead letters); bind its queues
-    write = [queues, rpc, own_events, re.escape(DEFAULT_EXCHANGE)]
-    # consume its queues; bind them to nameko-rpc and the event exchanges it consumes from
-    read = [queues, rpc] + sources
+    # declare: its queues, nameko-rpc, its own event and redelivery exchanges, the ones it consumes from
+    configure = [queues, rpc, own_events, redelivery] + sources
+    # publish to nameko-rpc, its event exchange, its redelivery exchange (retries, dead
+    # letters; never amq.default); bind its queues (write on the queue)
+    write = [queues, rpc, own_events, redelivery]
+    # consume its queues; bind them to nameko-rpc, its redelivery exchange and the
+    # event exchanges it consumes from (read on the exchange)
+    read = [queues, rpc, redelivery] + sources
     return {kind: "^({})$".format("|".join(parts))
             for kind, parts in (("configure", configure), ("write", write), ("read", read))}
 
 
-def topic_permissions(service, http_catalogue_writes=False):
+def topic_permissions(service):
     """Per exchange, the routing keys ``service`` may publish (write) and bind (read)."""
     grant = SERVICES[service]
     name = re.escape(service)
-    allowed_calls = calls(service, http_catalogue_writes)
+    allowed_calls = calls(service)
     rpc_write = "^({})$".format("|".join(([_alternatives(allowed_calls)] if allowed_calls else []) + [REPLY_KEY]))
     found = [{"exchange": RPC_EXCHANGE, "write": rpc_write,
               "read": r"^({}\.\*|{})$".format(name, REPLY_KEY)}]
@@ -175,7 +185,7 @@ def rabbit_password_hash(password, salt=None):
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode("ascii")
 
 
-def definitions(vhost="/", prefix="", http_catalogue_writes=False, password_hashes=None):
+def definitions(vhost="/", prefix="", password_hashes=None):
     """A RabbitMQ definitions document (``rabbitmqctl import_definitions`` / ``load_definitions``)."""
     password_hashes = password_hashes or {}
     users, granted, topics = [], [], []
@@ -192,7 +202,7 @@ def definitions(vhost="/", prefix="", http_catalogue_writes=False, password_hash
             granted.append({"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
             continue
         granted.append(dict({"user": user, "vhost": vhost}, **permissions(role)))
-        for topic in topic_permissions(role, http_catalogue_writes):
+        for topic in topic_permissions(role):
             topics.append(dict({"user": user, "vhost": vhost}, **topic))
     return {"users": users, "vhosts": [{"name": vhost}], "permissions": granted, "topic_permissions": topics}
 
@@ -230,9 +240,9 @@ def _q(value):
     return urllib.parse.quote(value, safe="")
 
 
-def provision(management, vhost, passwords, prefix="", http_catalogue_writes=False):
+def provision(management, vhost, passwords, prefix=""):
     """Create (or bring up to date) every user, its permissions and topic permissions. Idempotent."""
-    document = definitions(vhost, prefix, http_catalogue_writes)
+    document = definitions(vhost, prefix)
     management.put("/api/vhosts/{}".format(_q(vhost)), {})
     for user in document["users"]:
         role = user["name"][len(prefix):]
@@ -326,7 +336,7 @@ def _provision_command(args):
     prefix = user_prefix(vhost)
     management = Management(args.management_url or "http://{}:15672".format(host), "guest", admin_password)
     try:
-        provision(management, vhost, passwords, prefix, args.http_catalogue_writes)
+        provision(management, vhost, passwords, prefix)
     except (OSError, urllib.error.URLError) as exc:
         print("could not create the broker users through the management API ({}); is the "
               "rabbitmq_management plugin enabled?".format(exc), file=sys.stderr)
@@ -338,24 +348,54 @@ def _provision_command(args):
     return 0
 
 
+def _create_users_command(args, environ=os.environ):
+    missing = [password_variable(role) for role in ROLES if not environ.get(password_variable(role))]
+    missing += [name for name in ("RABBITMQ_ADMIN_USER", "RABBITMQ_ADMIN_PASSWORD") if not environ.get(name)]
+    if missing:
+        print("create-users needs {} in the environment".format(", ".join(missing)), file=sys.stderr)
+        return 2
+    passwords = {role: environ[password_variable(role)] for role in ROLES}
+    management = Management(args.management_url, environ["RABBITMQ_ADMIN_USER"], environ["RABBITMQ_ADMIN_PASSWORD"])
+    deadline = time.monotonic() + args.wait
+    while True:  # the management plugin answers a little after the AMQP port
+        try:
+            provision(management, args.vhost, passwords, args.user_prefix)
+            break
+        except (OSError, urllib.error.URLError) as exc:
+            if time.monotonic() >= deadline:
+                print("could not create the broker users at {}: {}".format(args.management_url, exc),
+                      file=sys.stderr)
+                return 1
+            time.sleep(2)
+    print("broker users {} ready on vhost {}".format(
+        ", ".join(user_name(role, args.user_prefix) for role in ROLES), args.vhost), file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     document = commands.add_parser("definitions", help="print the RabbitMQ definitions (password hashes as placeholders)")
     document.add_argument("--vhost", default="/")
-    document.add_argument("--http-catalogue-writes", action="store_true")
     create = commands.add_parser("provision", help="create the users on a local development broker; "
                                                    "prints shell exports of each service's AMQP URI")
     create.add_argument("--amqp-uri", required=True)
     create.add_argument("--credentials", required=True)
     create.add_argument("--management-url")
-    create.add_argument("--http-catalogue-writes", action="store_true")
+    users = commands.add_parser("create-users", help="create the users through a broker's management API "
+                                                     "(compose's and Kubernetes' init step)")
+    users.add_argument("--management-url", required=True)
+    users.add_argument("--vhost", required=True)
+    users.add_argument("--user-prefix", default="")
+    users.add_argument("--wait", type=float, default=120, help="seconds to wait for the management API")
     commands.add_parser("hash-password", help="RabbitMQ's sha256 hash of the password read from stdin")
     args = parser.parse_args(argv)
     if args.command == "definitions":
-        json.dump(definitions(args.vhost, http_catalogue_writes=args.http_catalogue_writes), sys.stdout, indent=2)
+        json.dump(definitions(args.vhost), sys.stdout, indent=2)
         print()
         return 0
+    if args.command == "create-users":
+        return _create_users_command(args)
     if args.command == "hash-password":
         print(rabbit_password_hash(sys.stdin.readline().rstrip("\n")))
         return 0

@@ -13,6 +13,13 @@ at the capped backoff for as long as the outage lasts, and never
 dead-lettered for it; a value the database refuses (a data error) is the
 message's fault and is dead-lettered after the bounded attempts.
 
+Retries and dead letters travel through the service's own redelivery
+exchange (``<service>.redelivery``, direct, routing by queue name), never
+through the default exchange: the broker lets a service user write to its
+own redelivery exchange only, and that exchange is bound to that service's
+queues only, so no service can put a message into another service's queue
+(docs/operations.md, "Broker users").
+
 No failure path requeues a message at once: a forged or unreadable
 ``x-delivery-attempt`` counts as the last attempt; if scheduling the retry
 fails, the message is dead-lettered with its original headers stripped; and
@@ -29,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 
 import amqp.exceptions
 import eventlet
-from kombu import Queue
+from kombu import Exchange, Queue, binding
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY
 from nameko.events import EventHandler
@@ -59,9 +66,20 @@ def dead_letter_queue_name(service_name):
     return "{}.dead-letters".format(service_name)
 
 
+def redelivery_exchange(service_name):
+    """The exchange a service's retries and dead letters go through: its own, bound to its own queues only."""
+    return Exchange("{}.redelivery".format(service_name), type="direct", durable=True)
+
+
 def durable_queue(config, name, arguments=None, **kwargs):
     """A durable kombu ``Queue`` whose arguments come from ``queue_arguments``."""
     return Queue(name, durable=True, queue_arguments=queue_arguments(config, **(arguments or {})), **kwargs)
+
+
+def dead_letter_queue(config, service_name):
+    """The service's dead-letter queue, bound to its redelivery exchange by its own name."""
+    name = dead_letter_queue_name(service_name)
+    return durable_queue(config, name, exchange=redelivery_exchange(service_name), routing_key=name)
 
 
 RETRY_STEP_FACTOR = 4  # each fixed retry delay is this many times the one before, up to the cap
@@ -87,18 +105,23 @@ def retry_delay(attempt, delays):
     return delays[min(max(attempt, 1), len(delays)) - 1]
 
 
-def retry_queue(config, queue_name, delay):
-    """Messages wait here ``delay`` seconds, then expire back into ``queue_name``.
+def retry_queue(config, queue_name, delay, exchange):
+    """Messages wait here ``delay`` seconds, then expire back into ``queue_name`` (through ``exchange``).
 
     The TTL is the queue's, not each message's: RabbitMQ expires only the head
     of a queue, so with per-message TTLs a long delay at the head held back
     every shorter one behind it. The name carries the delay, so a change of
     the backoff settings makes new queues instead of clashing with old ones.
+    (Named ``.backoff-``: the ``.retry-`` queues of earlier releases
+    dead-lettered through the default exchange, and RabbitMQ refuses to
+    redeclare a queue with other arguments. Left over, they still empty into
+    their queue as their messages expire; then they can be deleted.)
     """
     milliseconds = int(round(delay * 1000))
-    return durable_queue(config, "{}.retry-{}ms".format(queue_name, milliseconds), arguments={
+    name = "{}.backoff-{}ms".format(queue_name, milliseconds)
+    return durable_queue(config, name, exchange=exchange, routing_key=name, arguments={
         "x-message-ttl": milliseconds,
-        "x-dead-letter-exchange": "",
+        "x-dead-letter-exchange": exchange.name,
         "x-dead-letter-routing-key": queue_name,
     })
 
@@ -286,16 +309,20 @@ class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
         config = self.container.config
+        self.redelivery = redelivery_exchange(self.container.service_name)
         if self.queue.durable and not self.queue.auto_delete and not self.queue.exclusive:
-            # the same queue nameko built, with its arguments from the one helper
-            self.queue = durable_queue(config, self.queue.name, exchange=self.queue.exchange,
-                                       routing_key=self.queue.routing_key)
+            # the same queue nameko built, with its arguments from the one helper, also
+            # bound to the service's redelivery exchange by its name (retries come back that way)
+            self.queue = durable_queue(config, self.queue.name, bindings=[
+                binding(self.queue.exchange, routing_key=self.queue.routing_key),
+                binding(self.redelivery, routing_key=self.queue.name)])
         self.max_attempts = max(1, int(config.get("MAX_DELIVERY_ATTEMPTS", 5)))
         self.backoff_base = float(config.get("RETRY_BACKOFF_BASE", 0.5))
         self.backoff_max = float(config.get("RETRY_BACKOFF_MAX", 30))
         self.retry_delays = retry_delays(self.backoff_base, self.backoff_max)
-        self.retry_queues = [retry_queue(config, self.queue.name, delay) for delay in self.retry_delays]
-        self.dead_letters = durable_queue(config, dead_letter_queue_name(self.container.service_name))
+        self.retry_queues = [retry_queue(config, self.queue.name, delay, self.redelivery)
+                             for delay in self.retry_delays]
+        self.dead_letters = dead_letter_queue(config, self.container.service_name)
         # mandatory: a retry or dead letter that reaches no queue (deleted
         # under us) raises UndeliverableMessage instead of vanishing
         self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], mandatory=True, ssl=ssl_options(config))
@@ -374,7 +401,7 @@ class ReliableEventHandler(EventHandler):
             body = bytes(body)
         self.publisher.publish(
             body,
-            exchange="",
+            exchange=self.redelivery,
             routing_key=queue.name,
             declare=[queue],
             headers=headers,

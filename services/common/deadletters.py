@@ -3,7 +3,8 @@
 Works straight against RabbitMQ, so it needs neither the service nor its
 database to be up: ``python -m services.common.deadletters list orders``.
 Listing takes messages without acknowledging them and closes the channel,
-which puts them back; replaying sends each to the queue it failed in, with
+which puts them back; replaying sends each to the queue it failed in
+(through the service's redelivery exchange, as retries go), with
 a fresh attempt count, and removes it from the dead-letter queue only once
 the broker confirmed the copy *and* a queue took it: it is published
 ``mandatory``, so a dead letter whose queue was deleted comes back
@@ -20,7 +21,7 @@ import sys
 from kombu import Connection
 
 from .brokers import ssl_options
-from .consumers import ATTEMPT_HEADER, dead_letter_queue_name, durable_queue
+from .consumers import ATTEMPT_HEADER, dead_letter_queue, dead_letter_queue_name, redelivery_exchange
 from .errors import InvalidInput
 from .rpc import rpc
 
@@ -42,7 +43,7 @@ def _describe(message):
 
 def _open(connection, service_name, config=None):
     # declared exactly as the services declare it (same arguments), or RabbitMQ refuses
-    queue = durable_queue(config or {}, dead_letter_queue_name(service_name))
+    queue = dead_letter_queue(config or {}, service_name)
     channel = connection.channel()
     bound = queue(channel)
     bound.declare()
@@ -78,6 +79,7 @@ def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
         # the return of an unroutable mandatory message arrives before its confirm
         channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: returned.append(routing_key))
         producer = connection.Producer(channel=channel)
+        exchange = redelivery_exchange(service_name)
         kept = 0
         try:
             while limit is None or replayed + kept < limit:
@@ -94,8 +96,10 @@ def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
                     message.reject(requeue=True)
                     break
                 del returned[:]
+                # through the service's own redelivery exchange, bound to its own
+                # queues only: a forged x-original-queue cannot reach another service's
                 producer.publish(
-                    message.body, exchange="", routing_key=target, headers=headers, mandatory=True,
+                    message.body, exchange=exchange, routing_key=target, headers=headers, mandatory=True,
                     content_type=message.content_type, content_encoding=message.content_encoding,
                     delivery_mode=2, message_id=message.properties.get("message_id"),
                 )

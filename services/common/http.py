@@ -31,7 +31,7 @@ from eventlet.wsgi import ChunkReadError
 from marshmallow import ValidationError
 from nameko.exceptions import RemoteError
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
+from nameko.web.server import WEB_SERVER_CONFIG_KEY, HttpOnlyProtocol, WebServer, WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
@@ -379,11 +379,20 @@ class JsonWsgiApp(WsgiApp):
 
 
 class JsonWebServer(WebServer):
-    """nameko's web server with ``HttpLimits``: deadlines, a connection cap, capped HTTP workers."""
+    """nameko's web server with ``HttpLimits``: deadlines, a connection cap, capped HTTP workers.
+
+    The address comes from the config key the service class names in
+    ``web_server_address_key`` (``WEB_SERVER_ADDRESS`` if it names none, as
+    for orders): one config.yaml serves every service, so each service that
+    serves HTTP needs a key of its own. A service with its own key and no
+    value for it serves no HTTP, rather than share another one's port
+    (eventlet's SO_REUSEPORT would let it, silently).
+    """
 
     def __init__(self):
         super().__init__()
         self.limits = None
+        self.listening = False
         self.slots = {}
         self.connections = 0
         self.refused = Throttled("connection refused: HTTP_MAX_CONNECTIONS open")
@@ -401,6 +410,28 @@ class JsonWebServer(WebServer):
         pool = self.container._worker_pool
         pool.resize(pool.size + self.limits.worker_slots)
         super().setup()
+
+    @property
+    def address_key(self):
+        return getattr(self.container.service_cls, "web_server_address_key", WEB_SERVER_CONFIG_KEY)
+
+    @property
+    def bind_addr(self):
+        return parse_address(str(self.container.config.get(self.address_key) or "0.0.0.0:8000"))
+
+    def start(self):
+        if self.address_key != WEB_SERVER_CONFIG_KEY and not self.container.config.get(self.address_key):
+            log.info("HTTP: no %s configured; %s serves no HTTP", self.address_key, self.container.service_name)
+            return
+        self.listening = True
+        super().start()
+
+    def stop(self):
+        if self.listening:
+            super().stop()
+            return
+        self._is_accepting = False
+        super(WebServer, self).stop()  # never listened: only its providers to wait for
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)

@@ -15,11 +15,11 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.auth import normalise_email
 from services.common.events import utcnow
 from services.common.schema import load_input
 
 from . import domain, store
-from .auth import normalise_email
 from .models import CatalogueItem, IdempotencyKey
 from .schemas import OrderSchema, encode_cursor, place_order_schema
 

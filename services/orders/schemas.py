@@ -127,32 +127,6 @@ class CancelOrderSchema(_Strict):
     reason = Text(200, load_default="cancelled by request")
 
 
-class NewProductSchema(_Strict):
-    sku = SafeString(required=True, validate=SKU)
-    name = Text(200, required=True)
-    price = fields.Integer(required=True, strict=True, validate=validate.Range(0, MAX_PRICE),
-                           metadata={"description": "Unit price in cents."})
-    stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(0, MAX_STOCK),
-                           metadata={"description": "Units on hand to start with."})
-
-
-class ProductChangesSchema(_Strict):
-    name = Text(200)
-    price = fields.Integer(strict=True, validate=validate.Range(0, MAX_PRICE),
-                           metadata={"description": "Unit price in cents."})
-    active = StrictBoolean(metadata={"description": "Whether the product can be ordered."})
-
-    @validates_schema
-    def something_to_change(self, data, **kwargs):
-        if not data:
-            raise ValidationError(["Give at least one of name, price, active."], "_schema")
-
-
-class RestockSchema(_Strict):
-    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_RESTOCK),
-                              metadata={"description": "Units added to the stock on hand."})
-
-
 class EmptyQuerySchema(_Strict):
     """Routes without query parameters refuse any, so a typo is not silently ignored."""
 
@@ -218,13 +192,6 @@ class ProductSchema(Schema):
 
 class ProductListSchema(Schema):
     products = fields.List(fields.Nested(ProductSchema), required=True)
-
-
-class ErrorSchema(Schema):
-    error = fields.String(required=True, metadata={"description": "Stable code, e.g. invalid_input."})
-    message = fields.String(required=True, metadata={"description": "For people; may change."})
-    details = fields.Dict(required=True, metadata={
-        "description": "What went wrong where, usually {field: [messages]}; {} when nothing to add."})
 
 
 class HealthSchema(Schema):

@@ -3,6 +3,7 @@ published mandatory, comes back, and stays in the dead-letter queue until
 its queue exists again. Real broker, no services needed."""
 from kombu import Connection, Queue
 
+from services.common.consumers import redelivery_exchange
 from services.common.deadletters import list_dead_letters, replay_dead_letters
 
 
@@ -23,7 +24,9 @@ def test_a_dead_letter_whose_queue_was_deleted_stays_parked_until_the_queue_is_b
     letters = list_dead_letters(amqp_uri, "inventory")
     assert [letter["body"]["id"] for letter in letters] == ["e-1"], "the dead letter was lost"
 
-    target = Queue("evt-gone--inventory.reserve_stock", durable=True)
+    # declared as inventory's consumer declares it: bound to inventory's redelivery exchange by its name
+    target = Queue("evt-gone--inventory.reserve_stock", durable=True, exchange=redelivery_exchange("inventory"),
+                   routing_key="evt-gone--inventory.reserve_stock")
     with Connection(amqp_uri) as connection:
         bound = target(connection.channel())
         bound.declare()

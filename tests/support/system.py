@@ -29,6 +29,8 @@ class System:
         self.log_dir = log_dir
         self.port = int(config["WEB_SERVER_ADDRESS"].rsplit(":", 1)[1])
         self.base_url = "http://127.0.0.1:{}".format(self.port)
+        # inventory's admin API (catalogue writes)
+        self.admin_base_url = "http://{}".format(config.get("INVENTORY_WEB_SERVER_ADDRESS", ""))
         self.processes = {}  # (service, instance) -> Popen
         self.env = dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="ignore")
         self.env.update({key: str(value) for key, value in config.items()
@@ -90,6 +92,10 @@ class System:
 
     def url(self, path):
         return self.base_url + path
+
+    def admin_url(self, path):
+        """A URL of inventory's admin API."""
+        return self.admin_base_url + path
 
     def rpc(self, timeout=10):
         return ClusterRpcProxy(self.config, timeout=timeout)

@@ -15,7 +15,8 @@ from services.common.http import (
     Cors, JsonHttpHandler, MalformedJson, UnsupportedMediaType, error_body, read_headers, read_json, read_query,
 )
 from services.common.health import check_broker
-from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema
+from services.inventory.schemas import NewProductSchema
+from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema
 from tests.support import free_port
 
 

@@ -1,4 +1,8 @@
-"""Who is calling the orders HTTP API: OAuth 2 / OpenID Connect bearer tokens (JWTs).
+"""Who is calling an HTTP API (orders' front door, inventory's catalogue admin API):
+OAuth 2 / OpenID Connect bearer tokens (JWTs).
+
+One verifier for every service that serves HTTP, configured by the same
+``JWT_*`` keys of ``config.yaml``, so a token means the same everywhere.
 
 Tokens are verified with PyJWT against keys from configuration, in this order:
 
@@ -11,7 +15,8 @@ Tokens are verified with PyJWT against keys from configuration, in this order:
 and ``sub`` must be present. With no key or no issuer/audience configured
 every token is refused (deny by default). The identity is the token's
 ``sub`` and ``email`` (ignored when ``email_verified`` is false); ``JWT_ADMIN_SCOPE`` (``orders:admin``) in ``scope``
-(space-separated) or ``scp`` (a list) makes an operator.
+(space-separated) or ``scp`` (a list) makes an operator (orders: any
+customer's orders; inventory: catalogue writes).
 """
 import logging
 import time
@@ -23,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from nameko.extensions import DependencyProvider
 
-from services.common.errors import ServiceUnavailable
-from services.common.http import Forbidden, Unauthorized
+from .errors import ServiceUnavailable
+from .http import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,9 @@ def normalise_email(email):
     return str(email or "").strip().lower()
 
 
-def _challenge(error=None, description=None, scope=None):
-    """The ``WWW-Authenticate`` value of RFC 6750, section 3."""
-    parts = ['realm="orders"']
+def _challenge(error=None, description=None, scope=None, realm="orders"):
+    """The ``WWW-Authenticate`` value of RFC 6750, section 3 (the realm: the service's name)."""
+    parts = ['realm="{}"'.format(realm)]
     if error:
         parts.append('error="{}"'.format(error))
     if description:
@@ -62,18 +67,18 @@ def _challenge(error=None, description=None, scope=None):
 class NotAuthenticated(Unauthorized):
     """401: no usable bearer token; ``headers`` carries the RFC 6750 challenge."""
 
-    def __init__(self, message, error=None):
+    def __init__(self, message, error=None, realm="orders"):
         super().__init__(message, details={"Authorization": [message]})
-        self.headers = {"WWW-Authenticate": _challenge(error, message if error else None)}
+        self.headers = {"WWW-Authenticate": _challenge(error, message if error else None, realm=realm)}
 
 
 class InsufficientScope(Forbidden):
     code = "insufficient_scope"
 
-    def __init__(self, scope):
+    def __init__(self, scope, realm="orders"):
         message = "This needs the {} scope.".format(scope)
         super().__init__(message, details={"Authorization": [message]})
-        self.headers = {"WWW-Authenticate": _challenge("insufficient_scope", message, scope)}
+        self.headers = {"WWW-Authenticate": _challenge("insufficient_scope", message, scope, realm)}
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ def _setting(config, key, default=""):
 class TokenVerifier:
     """Turns a bearer token into an ``Identity``, or raises ``NotAuthenticated``."""
 
-    def __init__(self, config):
+    def __init__(self, config, realm="orders"):
+        self.realm = realm
         self.issuer = str(_setting(config, "JWT_ISSUER"))
         self.audience = str(_setting(config, "JWT_AUDIENCE"))
         self.admin_scope = str(_setting(config, "JWT_ADMIN_SCOPE", DEFAULT_ADMIN_SCOPE))
@@ -159,13 +165,13 @@ class TokenVerifier:
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if not scheme:
-            raise NotAuthenticated("This needs a bearer token: Authorization: Bearer <token>.")
+            raise self._refused("This needs a bearer token: Authorization: Bearer <token>.")
         if scheme.lower() != "bearer" or not token or " " in token:
-            raise NotAuthenticated("The Authorization header is not a Bearer token.", "invalid_request")
+            raise self._refused("The Authorization header is not a Bearer token.", "invalid_request")
         if len(token) > MAX_TOKEN_LENGTH:
-            raise NotAuthenticated("The token is too long.", "invalid_token")
+            raise self._refused("The token is too long.", "invalid_token")
         if self.problem:
-            raise NotAuthenticated("Tokens cannot be verified by this deployment.", "invalid_token")
+            raise self._refused("Tokens cannot be verified by this deployment.", "invalid_token")
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None and cached[1] > now:
@@ -184,15 +190,15 @@ class TokenVerifier:
                                 audience=self.audience, issuer=self.issuer, leeway=self.leeway,
                                 options={"require": REQUIRED_CLAIMS, "verify_signature": True})
         except jwt.ExpiredSignatureError:
-            raise NotAuthenticated("The token has expired.", "invalid_token") from None
+            raise self._refused("The token has expired.", "invalid_token") from None
         except jwt.ImmatureSignatureError:
-            raise NotAuthenticated("The token is not valid yet.", "invalid_token") from None
+            raise self._refused("The token is not valid yet.", "invalid_token") from None
         except jwt.InvalidAudienceError:
-            raise NotAuthenticated("The token is not meant for this API (audience).", "invalid_token") from None
+            raise self._refused("The token is not meant for this API (audience).", "invalid_token") from None
         except jwt.InvalidIssuerError:
-            raise NotAuthenticated("The token's issuer is not trusted.", "invalid_token") from None
+            raise self._refused("The token's issuer is not trusted.", "invalid_token") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise NotAuthenticated("The token lacks the {} claim.".format(exc.claim), "invalid_token") from None
+            raise self._refused("The token lacks the {} claim.".format(exc.claim), "invalid_token") from None
         except jwt.PyJWKClientConnectionError:
             log.warning("auth: the JWKS endpoint did not answer")
             raise ServiceUnavailable("The identity provider's keys cannot be fetched; try again shortly.",
@@ -200,10 +206,10 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             # bad signature, alg none or not allowed, unknown kid, malformed
             # token or header: nothing more is told to the caller
-            raise NotAuthenticated("The token is not valid.", "invalid_token") from None
+            raise self._refused("The token is not valid.", "invalid_token") from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise NotAuthenticated("The token's subject is not valid.", "invalid_token")
+            raise self._refused("The token's subject is not valid.", "invalid_token")
         scopes = _scopes(claims)
         email = claims.get("email") if isinstance(claims.get("email"), str) else ""
         if claims.get("email_verified") is False:
@@ -212,6 +218,15 @@ class TokenVerifier:
             email = ""
         return Identity(subject=subject, email=normalise_email(email), scopes=scopes,
                         admin=self.admin_scope in scopes), float(claims["exp"])
+
+    def _refused(self, message, error=None):
+        return NotAuthenticated(message, error, self.realm)
+
+    def require_admin(self, identity):
+        """``identity`` if it holds the admin scope; 403 insufficient_scope otherwise."""
+        if not identity.admin:
+            raise InsufficientScope(self.admin_scope, self.realm)
+        return identity
 
     def _key(self, token):
         if self.jwks is not None:
@@ -223,7 +238,7 @@ class BearerAuth(DependencyProvider):
     """The service's ``TokenVerifier``, built once per container (keys read, JWKS cached)."""
 
     def setup(self):
-        self.verifier = TokenVerifier(self.container.config)
+        self.verifier = TokenVerifier(self.container.config, realm=self.container.service_name)
 
     def get_dependency(self, worker_ctx):
         return self.verifier
