@@ -84,7 +84,7 @@ ensure_management() {
     fi
 }
 
-# Broker users (services/common/broker_grants.py): against a local broker
+# Broker users (services/common/messaging/broker_grants.py): against a local broker
 # reached as guest (the default AMQP_URI), each service connects as its own
 # RabbitMQ user and the operator commands (seed, shell, dlq) as "operator",
 # created here with passwords from the environment (ORDERS_BROKER_PASSWORD,
@@ -93,10 +93,10 @@ ensure_management() {
 ensure_broker_users() {
     [[ "${BROKER_USERS:-on}" == off ]] && return 0
     local exports
-    if "$PY" -c 'import os, sys; from services.common.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
+    if "$PY" -c 'import os, sys; from services.common.messaging.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
         ensure_management
     fi
-    exports=$("$PY" -m services.common.broker_grants provision --amqp-uri "$AMQP_URI" \
+    exports=$("$PY" -m services.common.messaging.broker_grants provision --amqp-uri "$AMQP_URI" \
         --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}") || exit 1
     eval "$exports"
 }
@@ -130,7 +130,7 @@ ensure_deploy_tools() {
     fi
 }
 
-migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
+migrate() { "$PY" -m services.common.db.migrate --config "$CONFIG"; }
 
 run_services() {
     local pids=()
@@ -176,7 +176,7 @@ case "$cmd" in
     seed)
         setup_venv; ensure_broker; ensure_broker_users; "$PY" -m scripts.seed --config "$CONFIG" ;;
     dlq)
-        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
+        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m services.common.messaging.deadletters "$@" --config "$CONFIG" ;;
     bench)
         setup_venv; ensure_broker; ensure_management
         exec "$PY" -m bench.run "$@" ;;

@@ -83,7 +83,7 @@ class Databases:
         self.uris = {}
 
     def __enter__(self):
-        from services.common.migrate import SERVICES
+        from services.common.db.migrate import SERVICES
 
         for service, base in SERVICES.items():
             uri, name = create_database(service, self.backend, self.directory, PG_ADMIN_DSN, PG_URI_TEMPLATE,
@@ -278,7 +278,7 @@ class Completion:
     """Reads, from the services' own databases, when each order was confirmed and notified."""
 
     def __init__(self, uris):
-        from services.common.db import make_engine
+        from services.common.db.database import make_engine
 
         self.orders = make_engine(uris["orders:OrdersBase"])
         self.notifications = make_engine(uris["notifications:NotificationsBase"])

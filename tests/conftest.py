@@ -15,7 +15,7 @@ from urllib.parse import urlparse  # noqa: E402
 import pytest  # noqa: E402
 
 from scripts.throwaway import create_database, drop_database  # noqa: E402
-from services.common.migrate import SERVICES  # noqa: E402
+from services.common.db.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
 from tests.support import free_port, tokens  # noqa: E402
 

@@ -30,7 +30,7 @@ case "$cmd" in
     migrate)
         exec orders-migrate --config "$CONFIG" "$@" ;;
     broker-users)
-        exec python -m services.common.broker_grants create-users \
+        exec python -m services.common.messaging.broker_grants create-users \
             --management-url "${BROKER_MANAGEMENT_URL:-http://rabbitmq:15672}" \
             --vhost "${BROKER_VHOST:-orders}" --user-prefix "${BROKER_USER_PREFIX:-}" "$@" ;;
     seed)

@@ -1,7 +1,7 @@
 """Inventory's admin HTTP API: the catalogue's writes, served by the service that owns the catalogue.
 
 Every route needs a bearer token with the admin scope (``JWT_ADMIN_SCOPE``),
-verified exactly as orders verifies its tokens (``services.common.auth``,
+verified exactly as orders verifies its tokens (``services.common.http.auth``,
 the same ``JWT_*`` configuration). The handlers run inventory's own use
 cases in a unit of work, as the RPC entrypoints do; no other service is
 involved, so no other service's broker user needs inventory's write
@@ -13,9 +13,9 @@ The public catalogue reads stay on orders' front door.
 import logging
 from urllib.parse import quote
 
-from services.common.auth import BearerAuth
+from services.common.http.auth import BearerAuth
 from services.common.errors import NotFound
-from services.common.http import http, json_response, read_json, read_query
+from services.common.http.front_door import http, json_response, read_json, read_query
 from services.common.validation import is_sku
 
 from . import handlers

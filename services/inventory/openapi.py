@@ -5,7 +5,7 @@ import json
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from services.common.openapi import ErrorSchema, bearer_scheme, json_content
+from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content
 from services.common.validation import SKU_PATTERN
 
 from .schemas import NewProductSchema, ProductChangesSchema, ProductListSchema, ProductSchema, RestockSchema

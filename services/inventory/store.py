@@ -7,7 +7,7 @@ load and flush were most of their cost).
 """
 from sqlalchemy import bindparam, insert, select, update
 
-from services.common.events import utcnow
+from services.common.messaging.events import utcnow
 from services.common.validation import MAX_STOCK
 
 from .models import Product, Reservation

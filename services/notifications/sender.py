@@ -33,9 +33,9 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from services.common import correlation
-from services.common.db import shared_engine
-from services.common.events import as_utc, utcnow
+from services.common.observability import correlation
+from services.common.db.database import shared_engine
+from services.common.messaging.events import as_utc, utcnow
 
 from . import domain
 from .channels import Outgoing, build_channels

@@ -7,7 +7,7 @@ each status an order moves to causes. See docs/saga.md.
 """
 from marshmallow import Schema, fields
 
-from services.common.contracts import Published, published
+from services.common.messaging.contracts import Published, published
 
 from .schemas import OrderSchema
 

@@ -15,8 +15,8 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.auth import normalise_email
-from services.common.events import utcnow
+from services.common.http.auth import normalise_email
+from services.common.messaging.events import utcnow
 from services.common.schema import load_input
 
 from . import domain, store

@@ -19,11 +19,11 @@ needs none of inventory's write methods.
 import logging
 from urllib.parse import quote
 
-from services.common.auth import BearerAuth, NotAuthenticated, normalise_email
-from services.common.brokers import ssl_options
+from services.common.http.auth import BearerAuth, NotAuthenticated, normalise_email
+from services.common.messaging.brokers import ssl_options
 from services.common.errors import NotFound
-from services.common.health import check_broker, check_database, readiness
-from services.common.http import Forbidden, http, json_response, read_headers, read_json, read_query
+from services.common.observability.health import check_broker, check_database, readiness
+from services.common.http.front_door import Forbidden, http, json_response, read_headers, read_json, read_query
 from services.common.validation import order_id_or_none
 
 from . import domain, handlers, ratelimit

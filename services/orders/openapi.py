@@ -12,7 +12,7 @@ import json
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from services.common.openapi import ErrorSchema, bearer_scheme, json_content as _json
+from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content as _json
 
 from .schemas import (
     CancelOrderSchema, HealthSchema, IdempotencyHeaderSchema, ListOrdersSchema, OrderPageSchema, OrderSchema,

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.events import as_utc
+from services.common.messaging.events import as_utc
 from services.common.schema import UtcDateTime
 from services.common.validation import (  # noqa: F401  (is_sku, Text: part of this module's API)
     MAX_PRICE, MAX_RESTOCK, MAX_STOCK, SKU, SKU_PATTERN, Email, FullMatch, SafeString, StrictBoolean, Text,

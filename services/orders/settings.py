@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nameko.extensions import DependencyProvider
 
-from services.common.health import DEFAULT_READY_TIMEOUT
+from services.common.observability.health import DEFAULT_READY_TIMEOUT
 
 IDEMPOTENCY_PURGE_INTERVAL = 300  # seconds between purges of expired idempotency keys and rate-limit windows
 

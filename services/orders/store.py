@@ -9,7 +9,7 @@ again in that transaction.
 """
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
-from services.common.events import as_utc
+from services.common.messaging.events import as_utc
 
 from .models import CatalogueItem, IdempotencyKey, Order, OrderLine, StatusChange
 

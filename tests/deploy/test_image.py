@@ -27,7 +27,7 @@ import yaml
 
 from scripts.throwaway import drop_database, pg_admin
 from scripts.token import mint
-from services.common import broker_grants
+from services.common.messaging import broker_grants
 from tests.conftest import PG_ADMIN_DSN, PG_URI_TEMPLATE
 from tests.support import eventually, free_port
 

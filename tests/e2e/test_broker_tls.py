@@ -4,7 +4,7 @@ A private RabbitMQ node (tests/support/broker.py) listens for TLS with a server
 certificate from a CA this test makes, and requires a client certificate
 from the same CA. Every connection the services open goes over it: nameko's
 consumers and RPC, the outbox, retries and health checks
-(services.common.brokers.ssl_options).
+(services.common.messaging.brokers.ssl_options).
 """
 import datetime
 import ipaddress

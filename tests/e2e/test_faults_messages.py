@@ -5,7 +5,7 @@ kombu alone would have acked and dropped; orders keep flowing past them."""
 import pytest
 from kombu import Connection
 
-from services.common.deadletters import list_dead_letters
+from services.common.messaging.deadletters import list_dead_letters
 
 QUEUES = {
     "inventory": "evt-orders-order_created--inventory.reserve_stock",

@@ -18,7 +18,7 @@ import pytest
 import requests
 from nameko.standalone.events import event_dispatcher
 
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from tests.support import eventually, tokens
 from tests.support.system import System
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 from urllib.parse import quote
 
-from services.common import broker_grants
+from services.common.messaging import broker_grants
 
 from tests.support import eventually
 from tests.support.system import ROOT

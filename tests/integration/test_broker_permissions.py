@@ -1,4 +1,4 @@
-"""Each service on the real broker as its own user (services/common/broker_grants.py).
+"""Each service on the real broker as its own user (services/common/messaging/broker_grants.py).
 
 The users are created on the test's vhost through the management API, with
 the grants production gets; the services run in-process, each container
@@ -15,8 +15,8 @@ import pytest
 import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from services.common import broker_grants
-from services.common.events import new_event
+from services.common.messaging import broker_grants
+from services.common.messaging.events import new_event
 from services.inventory import handlers as inventory_handlers
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService

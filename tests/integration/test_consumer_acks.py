@@ -1,8 +1,8 @@
 """Acks follow the handling, and the acks of messages handled together leave together."""
 from kombu import Connection, Exchange, Producer
 
-from services.common.consumers import SafeAckQueueConsumer, event_handler
-from services.common.events import new_event
+from services.common.messaging.consumers import SafeAckQueueConsumer, event_handler
+from services.common.messaging.events import new_event
 from tests.support import eventually
 
 BURST = 40

@@ -3,8 +3,8 @@ published mandatory, comes back, and stays in the dead-letter queue until
 its queue exists again. Real broker, no services needed."""
 from kombu import Connection, Queue
 
-from services.common.consumers import redelivery_exchange
-from services.common.deadletters import list_dead_letters, replay_dead_letters
+from services.common.messaging.consumers import redelivery_exchange
+from services.common.messaging.deadletters import list_dead_letters, replay_dead_letters
 
 
 def park(amqp_uri, original_queue):

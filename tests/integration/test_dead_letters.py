@@ -3,7 +3,7 @@ then parked in the service's dead-letter queue, from where they can be
 listed and replayed once the cause is fixed."""
 import requests
 
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.inventory import domain
 from tests.support import eventually, tokens
 

@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from sqlalchemy import text
 
-from services.common.db import make_engine
+from services.common.db.database import make_engine
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.http import JsonHttpHandler
-from services.common.rpc import Rpc
+from services.common.http.front_door import JsonHttpHandler
+from services.common.messaging.rpc import Rpc
 from tests.integration.conftest import ALL_SERVICES
 from tests.support import eventually, tokens
 

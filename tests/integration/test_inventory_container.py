@@ -3,7 +3,7 @@ from kombu import Connection, Exchange, Queue
 from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_waiter
 
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.inventory.service import InventoryService
 from tests.support import eventually
 

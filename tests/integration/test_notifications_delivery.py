@@ -7,7 +7,7 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common import errors  # noqa: F401  (typed remote errors)
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.notifications.service import NotificationsService
 from tests.support import eventually
 from tests.support.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings

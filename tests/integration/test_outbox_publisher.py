@@ -8,8 +8,8 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import text
 
-from services.common.events import new_event, utcnow
-from services.common.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
+from services.common.messaging.events import new_event, utcnow
+from services.common.messaging.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
 from services.orders.models import OrdersBase, OutboxMessage
 from tests.support import eventually, free_port
 

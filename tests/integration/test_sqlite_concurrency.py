@@ -15,8 +15,8 @@ import time
 import eventlet
 from sqlalchemy import select, text
 
-from services.common.db import make_engine
-from services.common.migrate import upgrade
+from services.common.db.database import make_engine
+from services.common.db.migrate import upgrade
 from services.orders import domain
 from services.orders.models import Order, StatusChange
 from tests.conftest import ROOT

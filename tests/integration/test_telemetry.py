@@ -11,7 +11,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common.errors import InvalidInput
-from services.common.telemetry import Telemetry
+from services.common.observability.telemetry import Telemetry
 from tests.support import eventually
 from tests.support.telemetry_spans import hex_ids, memory_exporter
 

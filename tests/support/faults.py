@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import requests
 from sqlalchemy import text
 
-from services.common.db import make_engine
+from services.common.db.database import make_engine
 from tests.support import eventually, tokens
 from tests.support.system import System
 

@@ -2,7 +2,7 @@
 
 ``python -m tests.support.sqlite_race URI ROLE ORDER_ID [PAUSE_DIR]`` uses the orders
 service's own code (``change_status``, ``confirm_order``) on the engine
-``services.common.db`` builds, as a second ``nameko run`` process would. With
+``services.common.db.database`` builds, as a second ``nameko run`` process would. With
 PAUSE_DIR, the cancel stops after it has read the order and before it writes
 (it touches PAUSE_DIR/read and waits for PAUSE_DIR/go), so a test can run the
 other process inside that window every time instead of hoping for it.
@@ -21,8 +21,8 @@ from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from services.common.db import make_engine  # noqa: E402
-from services.common.events import new_event  # noqa: E402
+from services.common.db.database import make_engine  # noqa: E402
+from services.common.messaging.events import new_event  # noqa: E402
 from services.orders import domain, handlers  # noqa: E402
 from services.orders.models import CatalogueItem  # noqa: E402
 from services.orders.service import OrdersService  # noqa: E402

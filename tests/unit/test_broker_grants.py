@@ -1,4 +1,4 @@
-"""The broker's users come from one source (services/common/broker_grants.py):
+"""The broker's users come from one source (services/common/messaging/broker_grants.py):
 the production definitions file is what it generates, and its grants match
 what the service classes really consume, publish and call."""
 import inspect
@@ -9,7 +9,7 @@ import re
 from nameko.events import EventHandler
 from nameko.rpc import Rpc
 
-from services.common import broker_grants
+from services.common.messaging import broker_grants
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
@@ -29,7 +29,7 @@ def test_the_definitions_file_is_what_the_grants_module_generates():
     with open(os.path.join(ROOT, "deploy", "rabbitmq", "definitions.json")) as stream:
         on_disk = json.load(stream)
     assert on_disk == broker_grants.definitions("orders-prod"), (
-        "regenerate: python -m services.common.broker_grants definitions --vhost orders-prod "
+        "regenerate: python -m services.common.messaging.broker_grants definitions --vhost orders-prod "
         "> deploy/rabbitmq/definitions.json")
 
 
@@ -62,7 +62,7 @@ def test_orders_may_call_inventory_reads_but_never_catalogue_writes():
 
 
 def test_no_service_may_write_to_the_default_exchange_only_to_its_own_redelivery_exchange():
-    from services.common.consumers import redelivery_exchange
+    from services.common.messaging.consumers import redelivery_exchange
     for name in broker_grants.SERVICES:
         write = re.compile(broker_grants.permissions(name)["write"])
         assert not write.match("amq.default") and not write.match(""), name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.events import new_event, parse_event
+from services.common.messaging.events import new_event, parse_event
 from services.inventory import events as inventory_events
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import update
 
 from services.common.errors import Conflict, InvalidInput
-from services.common.events import new_event, utcnow
-from services.common.http import JsonHttpHandler
+from services.common.messaging.events import new_event, utcnow
+from services.common.http.front_door import JsonHttpHandler
 from services.orders import handlers
-from services.common.auth import TokenVerifier
+from services.common.http.auth import TokenVerifier
 from services.orders.models import IdempotencyKey, Order
 from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor

@@ -7,9 +7,9 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from services.common.auth import TokenVerifier
+from services.common.http.auth import TokenVerifier
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.common.http.front_door import Forbidden, JsonHttpHandler, Unauthorized
 from services.inventory.openapi import build_spec
 from services.inventory.service import InventoryService
 from tests.support import service_worker, tokens

@@ -13,10 +13,10 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from services.common.errors import Conflict, NotFound, ServiceUnavailable
-from services.common.events import new_event
-from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.common.messaging.events import new_event
+from services.common.http.front_door import Forbidden, JsonHttpHandler, Unauthorized
 from services.orders import ratelimit
-from services.common.auth import TokenVerifier
+from services.common.http.auth import TokenVerifier
 from services.orders.models import Order, RateLimitCounter
 from services.orders.service import OrdersService
 from tests.support import service_worker, tokens
@@ -357,7 +357,7 @@ def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_refetches_them(jwks):
 
 
 def test_a_verified_token_is_remembered_but_never_past_its_expiry_or_a_minute(monkeypatch):
-    from services.common import auth
+    from services.common.http import auth
     check = verifier()
     decoded = []
     real = jwt.decode

@@ -1,7 +1,7 @@
 import pytest
 
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.orders.service import OrdersService
 from tests.support import service_worker
 

@@ -3,7 +3,7 @@ import os
 
 import yaml
 
-from services.common.migrate import SERVICES
+from services.common.db.migrate import SERVICES
 from services.common.settings import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,8 +1,8 @@
-"""QUEUE_TYPE picks the arguments of every durable consumed queue (services/common/queues.py)."""
+"""QUEUE_TYPE picks the arguments of every durable consumed queue (services/common/messaging/queues.py)."""
 import pytest
 
-from services.common.consumers import redelivery_exchange, retry_queue
-from services.common.queues import InvalidQueueType, queue_arguments
+from services.common.messaging.consumers import redelivery_exchange, retry_queue
+from services.common.messaging.queues import InvalidQueueType, queue_arguments
 
 
 def test_classic_adds_no_queue_type_so_queues_declared_before_the_setting_still_match():

@@ -5,11 +5,11 @@ import json
 from kombu import Queue
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from services.common.consumers import (
+from services.common.messaging.consumers import (
     ATTEMPT_HEADER, ReliableEventHandler, redelivery_exchange, retry_delays, retry_queue,
 )
 from services.common.errors import NotFound, ServiceUnavailable, is_unavailable
-from services.common.http import JsonHttpHandler
+from services.common.http.front_door import JsonHttpHandler
 
 
 def operational_error():

@@ -1,9 +1,9 @@
 """The unit of work: one transaction, the inbox check before the handler, hooks after the outcome."""
 import pytest
 
-from services.common.db import ServiceDatabase
-from services.common.events import MalformedMessage, new_event
-from services.common.outbox import Outbox
+from services.common.db.database import ServiceDatabase
+from services.common.messaging.events import MalformedMessage, new_event
+from services.common.messaging.outbox import Outbox
 from services.common.uow import NoOutbox, UnitOfWork, handles
 from services.inventory import events
 from services.inventory.models import InventoryBase, OutboxMessage, ProcessedEvent, Reservation

@@ -41,7 +41,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy import event
 from sqlalchemy.orm import Session as OrmSession
 
-from .tracing import entrypoint_kind
+from services.common.observability.tracing import entrypoint_kind
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ MAX_TRACEPARENT = 55
 MAX_TRACESTATE = 512
 ENDPOINT_KEYS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 FLUSH_TIMEOUT_MILLIS = 5000
-INSTRUMENTATION = "services.common.telemetry"
+INSTRUMENTATION = "services.common.observability.telemetry"
 
 _propagator = TraceContextTextMapPropagator()
 _SPAN = "telemetry.span"  # session.info key: the unit of work's span

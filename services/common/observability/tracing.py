@@ -30,8 +30,8 @@ from nameko_tracer import Tracer as NamekoTracer
 from nameko_tracer import constants
 from nameko_tracer.adapters import DefaultAdapter
 
-from .correlation import CONTEXT_KEY, is_valid_correlation_id
-from .masking import SENSITIVE_KEYS, mask
+from services.common.observability.correlation import CONTEXT_KEY, is_valid_correlation_id
+from services.common.observability.masking import SENSITIVE_KEYS, mask
 
 MAX_ARGS_CHARS = 300
 MAX_EXCEPTION_CHARS = 500

@@ -1,6 +1,6 @@
 """Schema migrations: one Alembic history per service, in its own database.
 
-``python -m services.common.migrate`` brings all three databases to the
+``python -m services.common.db.migrate`` brings all three databases to the
 newest revision (run.sh and the tests do this; no service creates tables at
 import time). Each service's ``migrations/env.py`` hands its metadata to
 ``run_migrations``.
@@ -13,15 +13,15 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String
 
-from .db import database_uri, make_engine, redact
-from .settings import load_config
+from services.common.db.database import database_uri, make_engine, redact
+from services.common.settings import load_config
 
 SERVICES = {
     "orders": "OrdersBase",
     "inventory": "InventoryBase",
     "notifications": "NotificationsBase",
 }
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def alembic_config(service, uri):

@@ -1,7 +1,7 @@
 """Listing and replaying a service's dead-letter queue.
 
 Works straight against RabbitMQ, so it needs neither the service nor its
-database to be up: ``python -m services.common.deadletters list orders``.
+database to be up: ``python -m services.common.messaging.deadletters list orders``.
 Listing takes messages without acknowledging them and closes the channel,
 which puts them back; replaying sends each to the queue it failed in
 (through the service's redelivery exchange, as retries go), with
@@ -20,10 +20,10 @@ import sys
 
 from kombu import Connection
 
-from .brokers import ssl_options
-from .consumers import ATTEMPT_HEADER, dead_letter_queue, dead_letter_queue_name, redelivery_exchange
-from .errors import InvalidInput
-from .rpc import rpc
+from services.common.messaging.brokers import ssl_options
+from services.common.messaging.consumers import ATTEMPT_HEADER, dead_letter_queue, dead_letter_queue_name, redelivery_exchange
+from services.common.errors import InvalidInput
+from services.common.messaging.rpc import rpc
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _limit(limit, most=MAX_LIMIT):
 
 
 def main(argv=None):
-    from .settings import load_config
+    from services.common.settings import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["list", "replay", "waiting"])

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from nameko.extensions import DependencyProvider
 
-from .errors import ServiceUnavailable
-from .http import Forbidden, Unauthorized
+from services.common.errors import ServiceUnavailable
+from services.common.http.front_door import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 

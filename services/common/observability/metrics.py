@@ -33,12 +33,12 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from .brokers import ssl_options
-from .consumers import dead_letter_queue_name
-from .db import shared_engine
-from .events import as_utc, utcnow
-from .health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
-from .tracing import entrypoint_kind
+from services.common.messaging.brokers import ssl_options
+from services.common.messaging.consumers import dead_letter_queue_name
+from services.common.db.database import shared_engine
+from services.common.messaging.events import as_utc, utcnow
+from services.common.observability.health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
+from services.common.observability.tracing import entrypoint_kind
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from nameko.exceptions import UnknownService
 from nameko.rpc import RPC_QUEUE_TEMPLATE, ReplyListener, RpcConsumer, RpcProxy, get_rpc_exchange
 from nameko.rpc import Rpc as NamekoRpc
 
-from .consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
-from .errors import Forbidden, InternalError, ServiceError, ServiceUnavailable, is_unavailable
+from services.common.messaging.consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
+from services.common.errors import Forbidden, InternalError, ServiceError, ServiceUnavailable, is_unavailable
 
 
 class SafeAckRpcConsumer(RpcConsumer):
@@ -126,7 +126,7 @@ class TimedServiceProxy:
                 with eventlet.Timeout(self._timeout):
                     return reply.result()
             except amqp.exceptions.AccessRefused:
-                # this service's broker user may not call that method (services/common/broker_grants.py)
+                # this service's broker user may not call that method (services/common/messaging/broker_grants.py)
                 raise Forbidden("This service may not call {}.{}.".format(self._service_name, method_name),
                                 details={"service": self._service_name, "method": method_name}) from None
             except (eventlet.Timeout, UnknownService, ConnectionError, OSError) as exc:

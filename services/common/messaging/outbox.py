@@ -45,12 +45,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session as OrmSession
 
-from . import telemetry
-from .brokers import ssl_options
-from .correlation import CONTEXT_KEY
-from .db import shared_engine
-from .events import as_utc, new_event, utcnow
-from .wire import coalesced_writes
+from services.common.observability import telemetry
+from services.common.messaging.brokers import ssl_options
+from services.common.observability.correlation import CONTEXT_KEY
+from services.common.db.database import shared_engine
+from services.common.messaging.events import as_utc, new_event, utcnow
+from services.common.messaging.wire import coalesced_writes
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ not by a queue of its own that dead-letters somewhere.
 
 CLI::
 
-    python -m services.common.broker_grants definitions [--vhost V]
-    python -m services.common.broker_grants provision --amqp-uri URI --credentials FILE
-    python -m services.common.broker_grants create-users --management-url URL --vhost V [--user-prefix P]
-    python -m services.common.broker_grants hash-password   # reads the password on stdin
+    python -m services.common.messaging.broker_grants definitions [--vhost V]
+    python -m services.common.messaging.broker_grants provision --amqp-uri URI --credentials FILE
+    python -m services.common.messaging.broker_grants create-users --management-url URL --vhost V [--user-prefix P]
+    python -m services.common.messaging.broker_grants hash-password   # reads the password on stdin
 
 ``provision`` is ./run.sh's (a local broker reached as guest, passwords
 generated); ``create-users`` is the init step of compose and of a Kubernetes
@@ -193,7 +193,7 @@ def definitions(vhost="/", prefix="", password_hashes=None):
         user = user_name(role, prefix)
         users.append({
             "name": user,
-            "password_hash": password_hashes.get(role, "<python -m services.common.broker_grants hash-password "
+            "password_hash": password_hashes.get(role, "<python -m services.common.messaging.broker_grants hash-password "
                                                        "< the {} password>".format(role)),
             "hashing_algorithm": "rabbit_password_hashing_sha256",
             "tags": [],
@@ -320,7 +320,7 @@ def ensure_passwords(path, environ=os.environ):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as stream:
-            stream.write("# RabbitMQ passwords of the development users (services/common/broker_grants.py)\n")
+            stream.write("# RabbitMQ passwords of the development users (services/common/messaging/broker_grants.py)\n")
             for name in sorted(saved):
                 stream.write("{}={}\n".format(name, saved[name]))
     os.chmod(path, 0o600)

@@ -44,12 +44,12 @@ from nameko.messaging import QueueConsumer
 from nameko.timer import timer
 from sqlalchemy import Column, DateTime, String, delete, select, tuple_
 
-from .brokers import redacted, ssl_options
-from .correlation import CONTEXT_KEY as CORRELATION_KEY
-from .errors import is_unavailable
-from .events import MalformedMessage, utcnow
-from .queues import queue_arguments
-from .wire import coalesced_writes
+from services.common.messaging.brokers import redacted, ssl_options
+from services.common.observability.correlation import CONTEXT_KEY as CORRELATION_KEY
+from services.common.errors import is_unavailable
+from services.common.messaging.events import MalformedMessage, utcnow
+from services.common.messaging.queues import queue_arguments
+from services.common.messaging.wire import coalesced_writes
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class SafeAckQueueConsumer(QueueConsumer):
     message of a closed connection to the next consumer anyway, and handlers
     skip events they already applied, so losing the ack is harmless. Event
     handlers, RPC entrypoints and RPC reply listeners all consume through it
-    (see ``services.common.rpc``).
+    (see ``services.common.messaging.rpc``).
 
     Acks wait for the end of the event loop's turn and leave together, in one
     socket write: under load, messages arrive in bursts of up to the prefetch

@@ -15,7 +15,7 @@ import logging
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .masking import mask_text
+from services.common.observability.masking import mask_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
 JSON_FIELDS = ("levelname", "name", "message", "correlation_id")

@@ -35,9 +35,9 @@ from nameko.web.server import WEB_SERVER_CONFIG_KEY, HttpOnlyProtocol, WebServer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from .correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
-from .errors import Forbidden, InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
-from .schema import load_input
+from services.common.observability.correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
+from services.common.errors import Forbidden, InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
+from services.common.schema import load_input
 
 log = logging.getLogger(__name__)
 
