@@ -24,11 +24,11 @@ from services.common.messaging.brokers import ssl_options
 from services.common.errors import NotFound
 from services.common.observability.health import check_broker, check_database, readiness
 from services.common.http.front_door import Forbidden, http, json_response, read_headers, read_json, read_query
-from services.common.validation import order_id_or_none
+from services.common.validation import is_sku, order_id_or_none
 
 from . import domain, handlers, ratelimit
 from .openapi import openapi_document
-from .schemas import CancelOrderSchema, EmptyQuerySchema, IdempotencyHeaderSchema, ListOrdersSchema, ProductSchema, is_sku
+from .schemas import CancelOrderSchema, EmptyQuerySchema, IdempotencyHeaderSchema, ListOrdersSchema, ProductSchema
 
 log = logging.getLogger(__name__)
 

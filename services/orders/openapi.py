@@ -13,10 +13,11 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content as _json
+from services.common.validation import SKU_PATTERN
 
 from .schemas import (
     CancelOrderSchema, HealthSchema, IdempotencyHeaderSchema, ListOrdersSchema, OrderPageSchema, OrderSchema,
-    ProductListSchema, ProductSchema, ReadinessSchema, SKU_PATTERN, place_order_schema,
+    ProductListSchema, ProductSchema, ReadinessSchema, place_order_schema,
 )
 from .settings import OrdersSettings
 

@@ -13,10 +13,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from services.common.messaging.events import as_utc
 from services.common.schema import UtcDateTime
-from services.common.validation import (  # noqa: F401  (is_sku, Text: part of this module's API)
-    MAX_PRICE, MAX_RESTOCK, MAX_STOCK, SKU, SKU_PATTERN, Email, FullMatch, SafeString, StrictBoolean, Text,
-    is_sku, storable,
-)
+from services.common.validation import SKU, Email, FullMatch, SafeString, Text, storable
 
 from .statuses import STATUSES
 

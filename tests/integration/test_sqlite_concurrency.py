@@ -7,7 +7,6 @@ blocks the whole eventlet process, so a greenthread waiting for the write lock
 froze the greenthread holding it.
 """
 import json
-import os
 import subprocess
 import sys
 import time

@@ -42,6 +42,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 from nameko_sqlalchemy.database import Session
 
+from services.common.settings import PlatformSettings
+
 log = logging.getLogger(__name__)
 
 DB_URIS_KEY = "DB_URIS"
@@ -58,8 +60,6 @@ SQLITE_LOCK_WAIT = 30.0
 SQLITE_RETRY_FIRST, SQLITE_RETRY_MAX = 0.0005, 0.01  # seconds between tries
 
 
-POOL_SIZE_KEY = "DB_POOL_SIZE"  # connections a process keeps per database server (see SharedEngine.pool_size)
-DEFAULT_POOL_SIZE = 8
 POOL_OVERFLOW = 2  # SQLite only: connections beyond the reserved ones, for the rare user holding two at once
 POOL_TIMEOUT = 10  # seconds a user waits for a pooled connection before the pool gives up (a 503)
 
@@ -360,7 +360,7 @@ def shared_engine(container, base_name, connections):
     key = (uri, service_name)
     shared = _shared.get(key)
     if shared is None:
-        max_pool_size = int(container.config.get(POOL_SIZE_KEY) or DEFAULT_POOL_SIZE)
+        max_pool_size = PlatformSettings.from_config(container.config).db_pool_size
         shared = _shared[key] = SharedEngine(uri, application_name=service_name, max_pool_size=max_pool_size)
     shared.reservations.append(connections)
     shared.users += 1

@@ -38,10 +38,10 @@ from werkzeug.wrappers import Request, Response
 from services.common.observability.correlation import CONTEXT_KEY, HTTP_HEADER, new_correlation_id
 from services.common.errors import Forbidden, InvalidInput, ServiceError, ServiceUnavailable, is_unavailable, validation_error
 from services.common.schema import load_input
+from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ENVIRON_KEY = "app.request_id"
 # set by BoundedHttpProtocol for the app: the request's read deadline, and
@@ -80,7 +80,7 @@ def _http_error_code(exc):
 
 
 def max_body_bytes(config):
-    return int(config.get("MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
+    return PlatformSettings.from_config(config).max_body_bytes
 
 
 def too_large(limit):

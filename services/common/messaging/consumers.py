@@ -50,6 +50,7 @@ from services.common.errors import is_unavailable
 from services.common.messaging.events import MalformedMessage, utcnow
 from services.common.messaging.queues import queue_arguments
 from services.common.messaging.wire import coalesced_writes
+from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ ATTEMPT_HEADER = "x-delivery-attempt"
 # what a lost broker connection raises: amqp's ConnectionError, or a socket error
 CONNECTION_ERRORS = (amqp.exceptions.ConnectionError, OSError)
 STOP_POLL = 0.2  # seconds a consumer waits for a message before checking whether it should stop
-DEFAULT_INBOX_RETENTION_DAYS = 7
 INBOX_PURGE_INTERVAL = 3600  # seconds
 INBOX_PURGE_BATCH = 1000
 
@@ -316,9 +316,10 @@ class ReliableEventHandler(EventHandler):
             self.queue = durable_queue(config, self.queue.name, bindings=[
                 binding(self.queue.exchange, routing_key=self.queue.routing_key),
                 binding(self.redelivery, routing_key=self.queue.name)])
-        self.max_attempts = max(1, int(config.get("MAX_DELIVERY_ATTEMPTS", 5)))
-        self.backoff_base = float(config.get("RETRY_BACKOFF_BASE", 0.5))
-        self.backoff_max = float(config.get("RETRY_BACKOFF_MAX", 30))
+        settings = PlatformSettings.from_config(config)
+        self.max_attempts = max(1, settings.max_delivery_attempts)
+        self.backoff_base = settings.retry_backoff_base
+        self.backoff_max = settings.retry_backoff_max
         self.retry_delays = retry_delays(self.backoff_base, self.backoff_max)
         self.retry_queues = [retry_queue(config, self.queue.name, delay, self.redelivery)
                              for delay in self.retry_delays]
@@ -442,7 +443,7 @@ class InboxRetention:
 
     @timer(interval=INBOX_PURGE_INTERVAL)
     def forget_old_inbox_entries(self):
-        days = float(self.config.get("INBOX_RETENTION_DAYS") or DEFAULT_INBOX_RETENTION_DAYS)
+        days = PlatformSettings.from_config(self.config).inbox_retention_days
         cutoff = utcnow() - timedelta(days=days)
         table = self.inbox.__table__
         oldest = (select(table.c.event_id, table.c.consumer).where(table.c.processed_at < cutoff)

@@ -51,6 +51,7 @@ from services.common.observability.correlation import CONTEXT_KEY
 from services.common.db.database import shared_engine
 from services.common.messaging.events import as_utc, new_event, utcnow
 from services.common.messaging.wire import coalesced_writes
+from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +295,10 @@ class Outbox(DependencyProvider):
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange, ssl=ssl_options(config))
         # the publisher's marking and the relay, at once at most
         self.shared = shared_engine(self.container, self.declarative_base.__name__, 2)
-        self.relay_interval = float(config.get("OUTBOX_RELAY_INTERVAL", 2))
-        self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE", 3)))
-        self.unroutable_backoff_max = max(self.relay_interval, float(config.get("RETRY_BACKOFF_MAX", 30)))
+        settings = PlatformSettings.from_config(config)
+        self.relay_interval = settings.outbox_relay_interval
+        self.grace = timedelta(seconds=settings.outbox_grace)
+        self.unroutable_backoff_max = max(self.relay_interval, settings.retry_backoff_max)
 
     def start(self):
         self._running = True

@@ -19,6 +19,7 @@ from nameko.rpc import Rpc as NamekoRpc
 
 from services.common.messaging.consumers import SafeAckQueueConsumer, durable_queue, safe_context_data
 from services.common.errors import Forbidden, InternalError, ServiceError, ServiceUnavailable, is_unavailable
+from services.common.settings import PlatformSettings
 
 
 class SafeAckRpcConsumer(RpcConsumer):
@@ -152,7 +153,7 @@ class TimedRpcProxy(RpcProxy):
     def setup(self):
         super().setup()
         if self.timeout is None:
-            self.timeout = float(self.container.config.get("RPC_TIMEOUT", 5))
+            self.timeout = PlatformSettings.from_config(self.container.config).rpc_timeout
         # an unanswered request expires with its caller's patience
         self.options.setdefault("expiration", self.timeout)
         self.options.setdefault("retry_policy", {"max_retries": 1})

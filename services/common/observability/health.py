@@ -13,7 +13,6 @@ import eventlet
 from kombu import Connection
 from sqlalchemy import text
 
-DEFAULT_READY_TIMEOUT = 1.0
 
 
 def check_broker(amqp_uri, timeout, ssl=None):

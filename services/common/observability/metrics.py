@@ -37,8 +37,9 @@ from services.common.messaging.brokers import ssl_options
 from services.common.messaging.consumers import dead_letter_queue_name
 from services.common.db.database import shared_engine
 from services.common.messaging.events import as_utc, utcnow
-from services.common.observability.health import DEFAULT_READY_TIMEOUT, check_broker, check_database, json_wsgi, readiness
+from services.common.observability.health import check_broker, check_database, json_wsgi, readiness
 from services.common.observability.tracing import entrypoint_kind
+from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Metrics(DependencyProvider):
             if path == "/health":
                 return json_wsgi(200, {"status": "ok", "service": self.container.service_name}, start_response)
             if path == "/ready":
-                timeout = float(self.container.config.get("READY_TIMEOUT") or DEFAULT_READY_TIMEOUT)
+                timeout = PlatformSettings.from_config(self.container.config).ready_timeout
                 checks = {"broker": check_broker(self.amqp_uri, timeout, self.ssl)}
                 if self.engine is not None:
                     checks["database"] = check_database(self.engine.connect, timeout)
