@@ -59,7 +59,7 @@ class AdminHttpApi:
         log.info("product %s created by %s", product["sku"], identity.subject)
         # the sku was checked before anything was written; quoted all the same,
         # so building this header cannot fail after the commit
-        return 201, product, {"Location": "/products/{}".format(quote(str(product["sku"]), safe=""))}
+        return 201, {"Location": "/products/{}".format(quote(str(product["sku"]), safe=""))}, product
 
     @http("PATCH", "/products/<string:sku>")
     def http_update_product(self, request, sku):

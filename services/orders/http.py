@@ -106,7 +106,7 @@ class HttpApi:
         response_headers = {"Location": "/orders/{}".format(quote(str(order["id"]), safe=""))}
         if key is not None:
             response_headers["Idempotent-Replayed"] = "true" if replayed else "false"
-        return status, order, response_headers
+        return status, response_headers, order
 
     @http("GET", "/orders")
     def http_list_orders(self, request):

@@ -130,8 +130,8 @@ def test_our_failures_are_logged_once_and_client_errors_are_left_to_the_trace(er
 def test_building_the_response_after_the_commit_cannot_fail():
     """A header werkzeug refuses is left out (and logged), not turned into a 500 for a change already made."""
     handler = JsonHttpHandler("POST", "/products")
-    response = handler.response_from_result((201, {"sku": "NL-1\n"}, {"Location": "/products/NL-1\n",
-                                                                       "X-Other": "fine"}))
+    response = handler.response_from_result((201, {"Location": "/products/NL-1\n", "X-Other": "fine"},
+                                             {"sku": "NL-1\n"}))
     assert response.status_code == 201
     assert json.loads(response.get_data()) == {"sku": "NL-1\n"}
     assert "Location" not in response.headers and response.headers["X-Other"] == "fine"

@@ -53,7 +53,7 @@ def test_catalogue_writes_and_reads_need_the_admin_scope(inventory, outbox):
 
 
 def test_an_admin_creates_changes_and_restocks_a_product(inventory, outbox):
-    status, created, headers = inventory.http_create_product(request(payload=PRODUCT, authorization=ADMIN))
+    status, headers, created = inventory.http_create_product(request(payload=PRODUCT, authorization=ADMIN))
     assert (status, created["sku"], created["on_hand"], headers["Location"]) == (201, "B", 2, "/products/B")
     assert inventory.http_get_product(request("GET", "/products/B", authorization=ADMIN), "B") == created
     changed = inventory.http_update_product(request("PATCH", "/products/B", {"price": 7}, ADMIN), "B")

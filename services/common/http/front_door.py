@@ -494,7 +494,7 @@ class JsonWebServer(WebServer):
 
 
 class JsonHttpHandler(HttpRequestHandler):
-    """``@http`` whose handlers return ``body``, ``(status, body)`` or ``(status, body, headers)``."""
+    """``@http`` whose handlers return ``body``, ``(status, body)`` or ``(status, headers, body)`` (nameko's order)."""
 
     server = JsonWebServer()
 
@@ -527,8 +527,8 @@ class JsonHttpHandler(HttpRequestHandler):
         if isinstance(result, Response):
             return result
         headers = None
-        if isinstance(result, tuple):
-            status, body, *rest = result
+        if isinstance(result, tuple):  # nameko's shapes: (status, body) or (status, headers, body)
+            status, *rest, body = result
             headers = rest[0] if rest else None
         else:
             status, body = 200, result
