@@ -9,6 +9,8 @@ again in that transaction.
 """
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
+from services.common.pgwire import DEFERRABLE
+
 from services.common.events import as_utc
 
 from .models import CatalogueItem, IdempotencyKey, Order, OrderLine, StatusChange
@@ -17,11 +19,15 @@ _orders, _lines, _history = Order.__table__, OrderLine.__table__, StatusChange._
 _catalogue = CatalogueItem.__table__
 PRICES = (select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price)
           .where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)), _catalogue.c.active.is_(True)))
-INSERT_ORDER, INSERT_LINES, INSERT_HISTORY = insert(_orders), insert(_lines), insert(_history)
+# Writes whose result nothing reads: on PostgreSQL they ride with the transaction's next statement or its
+# COMMIT (services.common.pgwire). ``inline()``: no RETURNING of the generated id, which nothing reads.
+_deferred = {DEFERRABLE: True}
+INSERT_ORDER, INSERT_LINES = insert(_orders).execution_options(**_deferred), insert(_lines).execution_options(**_deferred)
+INSERT_HISTORY = insert(_history).inline().execution_options(**_deferred)
 LOCK_ORDER = select(_orders).where(_orders.c.id == bindparam("order_id")).with_for_update()
 ORDER_LINES = select(_lines).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
 MOVE_ORDER = (update(_orders).where(_orders.c.id == bindparam("order_id"))
-              .values(status=bindparam("status"), updated_at=bindparam("updated_at")))
+              .values(status=bindparam("status"), updated_at=bindparam("updated_at")).execution_options(**_deferred))
 MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
 
 
