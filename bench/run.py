@@ -98,6 +98,26 @@ class Databases:
             drop_database(PG_ADMIN_DSN, name)
 
 
+def postgres_backends(database_names):
+    """PIDs of the PostgreSQL backends the services hold on this run's databases (the server is local).
+
+    The pools keep their connections, so the backends of a level are those
+    open at its start; the benchmark's own reads use other application names.
+    """
+    import psycopg2
+
+    if not database_names:
+        return []
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = ANY(%s)",
+                           (list(database_names), ["orders", "inventory", "notifications"]))
+            return [pid for pid, in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
 def broker_process():
     for process in psutil.process_iter(["name"]):
         if process.info["name"] == "beam.smp":
@@ -106,14 +126,30 @@ def broker_process():
 
 
 class Meter:
-    """CPU seconds and resident memory of named processes over a level."""
+    """CPU seconds and resident memory of named processes over a level.
 
-    def __init__(self, processes):
+    ``groups``: name -> a callable giving the PIDs of several processes counted
+    as one (PostgreSQL's backends), read again at the start of every level;
+    only their CPU is reported.
+    """
+
+    def __init__(self, processes, groups=None):
         self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.groups = dict(groups or {})
         self.peak = {name: 0 for name in self.processes}
         self._start = {}
+        self._group_start = {}
         self._sampler = None
         self._running = False
+
+    def _group_cpu(self, pids):
+        cpu = {}
+        for pid in pids:
+            try:
+                cpu[pid] = self._cpu(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        return cpu
 
     def _cpu(self, process):
         times = process.cpu_times()
@@ -136,6 +172,7 @@ class Meter:
                 self._start[name] = self._cpu(process)
             except psutil.Error:
                 pass
+        self._group_start = {name: self._group_cpu(pids()) for name, pids in self.groups.items()}
         self._t0 = time.monotonic()
         self._running = True
         self._sampler = eventlet.spawn(self._sample)
@@ -155,6 +192,10 @@ class Meter:
             figures[name] = {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1),
                              "peak_rss_mb": round(max(self.peak[name], rss) / 2 ** 20, 1),
                              "rss_end_mb": round(rss / 2 ** 20, 1)}
+        for name, started in self._group_start.items():
+            now = self._group_cpu(started)
+            cpu = sum(now[pid] - started[pid] for pid in now)
+            figures[name] = {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1), "processes": len(now)}
         return figures
 
 
@@ -401,7 +442,10 @@ def run_system(args, work, instances, db=None):
             broker = broker_process()
             if broker:
                 watched["rabbitmq"] = broker.pid
-            meter = Meter(watched)
+            groups = {}
+            if databases.created:  # PostgreSQL: its backends' CPU is the services' too
+                groups["postgresql"] = lambda: postgres_backends(databases.created)
+            meter = Meter(watched, groups)
             if args.profile:
                 profile_start(args, work, system, instances)
             for level in levels(args):

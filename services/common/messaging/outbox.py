@@ -49,6 +49,7 @@ from services.common.observability import telemetry
 from services.common.messaging.brokers import ssl_options
 from services.common.observability.correlation import CONTEXT_KEY
 from services.common.db.database import shared_engine
+from services.common.db.pgwire import DEFERRABLE
 from services.common.messaging.events import as_utc, new_event, utcnow
 from services.common.messaging.wire import coalesced_writes
 from services.common.settings import PlatformSettings
@@ -288,9 +289,11 @@ class Outbox(DependencyProvider):
     def setup(self):
         config = self.container.config
         table = self.model.__table__
-        self.insert_row = insert(table)  # built once: every event runs it
+        # built once: every event runs it; on PostgreSQL it rides with the transaction's next statement or
+        # its COMMIT (services.common.db.pgwire): nothing reads its result, nor its id (inline: no RETURNING)
+        self.insert_row = insert(table).inline().execution_options(**{DEFERRABLE: True})
         self.mark_sent = (update(table).where(table.c.event_id.in_(bindparam("event_ids", expanding=True)))
-                          .values(published_at=bindparam("now")))
+                          .values(published_at=bindparam("now")).execution_options(**{DEFERRABLE: True}))
         self.exchange = get_event_exchange(self.container.service_name, config)
         self.publisher = BatchPublisher(config[AMQP_URI_CONFIG_KEY], self.exchange, ssl=ssl_options(config))
         # the publisher's marking and the relay, at once at most
@@ -462,7 +465,8 @@ class Outbox(DependencyProvider):
                 if connection.dialect.name == "postgresql":
                     # A lost mark only sends the events again (consumers dedupe), so this
                     # commit need not wait for the WAL flush; order writes always do.
-                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off",
+                                               execution_options={DEFERRABLE: True})
                 connection.execute(self.mark_sent, {"event_ids": list(event_ids), "now": utcnow()})
         except Exception as exc:  # published twice at worst; consumers dedupe
             log.warning("outbox: marking %d events sent failed: %s", len(event_ids), exc)
