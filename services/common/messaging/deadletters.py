@@ -66,7 +66,7 @@ def list_dead_letters(amqp_uri, service_name, limit=100, config=None):
 
 
 def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
-    """Send dead letters back to the queues they failed in; return how many.
+    """Send the dead letters waiting now (up to ``limit``) back to the queues they failed in; return how many.
 
     A dead letter whose queue no longer exists is kept (unacked until the
     channel closes, then back in the dead-letter queue) and not counted.
@@ -81,8 +81,12 @@ def replay_dead_letters(amqp_uri, service_name, limit=None, config=None):
         producer = connection.Producer(channel=channel)
         exchange = redelivery_exchange(service_name)
         kept = 0
+        # the letters waiting now, no more: one that fails again while this runs is
+        # dead-lettered anew behind them and must wait for the next replay, not loop
+        waiting = queue.queue_declare(passive=True).message_count
+        limit = waiting if limit is None else min(limit, waiting)
         try:
-            while limit is None or replayed + kept < limit:
+            while replayed + kept < limit:
                 message = queue.get(no_ack=False, accept=["json"])
                 if message is None:
                     break
