@@ -84,23 +84,20 @@ ensure_management() {
     fi
 }
 
-# Broker users (services/common/broker_grants.py): against a local broker
+# Broker users (services/common/messaging/broker_grants.py): against a local broker
 # reached as guest (the default AMQP_URI), each service connects as its own
 # RabbitMQ user and the operator commands (seed, shell, dlq) as "operator",
 # created here with passwords from the environment (ORDERS_BROKER_PASSWORD,
 # ...) or generated into var/broker-credentials.env (mode 600). Any other
-# AMQP_URI is used as given. BROKER_USERS=off keeps guest;
-# BROKER_HTTP_CATALOGUE_WRITES=0 refuses orders the catalogue writes its
-# admin HTTP routes make (docs/operations.md).
+# AMQP_URI is used as given. BROKER_USERS=off keeps guest.
 ensure_broker_users() {
     [[ "${BROKER_USERS:-on}" == off ]] && return 0
-    local exports writes=()
-    [[ "${BROKER_HTTP_CATALOGUE_WRITES:-1}" == 1 ]] && writes=(--http-catalogue-writes)
-    if "$PY" -c 'import os, sys; from services.common.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
+    local exports
+    if "$PY" -c 'import os, sys; from services.common.messaging.broker_grants import local_admin; sys.exit(local_admin(os.environ["AMQP_URI"]) is None)'; then
         ensure_management
     fi
-    exports=$("$PY" -m services.common.broker_grants provision --amqp-uri "$AMQP_URI" \
-        --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}" "${writes[@]}") || exit 1
+    exports=$("$PY" -m services.common.messaging.broker_grants provision --amqp-uri "$AMQP_URI" \
+        --credentials "${BROKER_CREDENTIALS_FILE:-$ROOT/var/broker-credentials.env}") || exit 1
     eval "$exports"
 }
 
@@ -133,7 +130,7 @@ ensure_deploy_tools() {
     fi
 }
 
-migrate() { "$PY" -m services.common.migrate --config "$CONFIG"; }
+migrate() { "$PY" -m services.common.db.migrate --config "$CONFIG"; }
 
 run_services() {
     local pids=()
@@ -160,7 +157,7 @@ run_services() {
     done
     "$PY" -m scripts.wait_ready --config "$CONFIG" --timeout 60
     "$PY" -m scripts.seed --config "$CONFIG"
-    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000} (Ctrl-C stops everything)"
+    say "==> orders HTTP API on http://${WEB_SERVER_ADDRESS:-0.0.0.0:8000}, inventory's admin API on http://${INVENTORY_WEB_SERVER_ADDRESS:-0.0.0.0:8001} (Ctrl-C stops everything)"
     wait "${pids[@]}"
 }
 
@@ -179,7 +176,7 @@ case "$cmd" in
     seed)
         setup_venv; ensure_broker; ensure_broker_users; "$PY" -m scripts.seed --config "$CONFIG" ;;
     dlq)
-        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m services.common.deadletters "$@" --config "$CONFIG" ;;
+        setup_venv; ensure_broker; ensure_broker_users; "$PY" -m services.common.messaging.deadletters "$@" --config "$CONFIG" ;;
     bench)
         setup_venv; ensure_broker; ensure_management
         exec "$PY" -m bench.run "$@" ;;

@@ -1,6 +1,6 @@
 """Events per second one outbox can publish: one confirm per event (nameko's
 Publisher, as the outbox did before) against one confirm wait per batch
-(services.common.outbox.BatchPublisher), on a private vhost.
+(services.common.messaging.outbox.BatchPublisher), on a private vhost.
 
     PYTHONPATH=. .venv/bin/python -m bench.publish_micro --count 2000
 """
@@ -15,8 +15,8 @@ from kombu import Exchange  # noqa: E402
 from nameko.amqp.publish import Publisher  # noqa: E402
 
 from bench.run import Vhost  # noqa: E402
-from services.common.events import new_event  # noqa: E402
-from services.common.outbox import BATCH_SIZE, BatchPublisher  # noqa: E402
+from services.common.messaging.events import new_event  # noqa: E402
+from services.common.messaging.outbox import BATCH_SIZE, BatchPublisher  # noqa: E402
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@
 
 1. Baseline: ``bench/baseline.py`` (an ``@http`` route making one RPC to an
    echo service) as two real ``nameko run`` processes.
-2. The system: the three services as real processes (``tests/system.py``), a
+2. The system: the three services as real processes (``tests/support/system.py``), a
    catalogue with plenty of stock, orders placed over HTTP.
 Both are driven by ``bench/loadgen.py`` at the same levels, each on a private
 RabbitMQ vhost (created through the management API, deleted afterwards) and,
@@ -18,7 +18,7 @@ Figures go to ``var/bench/bench-<time>.json`` (and ``latest.json``), a chart to
 """
 import eventlet
 
-eventlet.monkey_patch()  # noqa: E402  (tests.system uses nameko's standalone RPC)
+eventlet.monkey_patch()  # noqa: E402  (tests.support.system uses nameko's standalone RPC)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -37,7 +37,7 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from scripts.throwaway import create_database, drop_database, free_port  # noqa: E402
-from services.common.db import read_only  # noqa: E402
+from services.common.db.database import read_only  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "var", "bench")
@@ -84,7 +84,7 @@ class Databases:
         self.uris = {}
 
     def __enter__(self):
-        from services.common.migrate import SERVICES
+        from services.common.db.migrate import SERVICES
 
         for service, base in SERVICES.items():
             uri, name = create_database(service, self.backend, self.directory, PG_ADMIN_DSN, PG_URI_TEMPLATE,
@@ -99,6 +99,26 @@ class Databases:
             drop_database(PG_ADMIN_DSN, name)
 
 
+def postgres_backends(database_names):
+    """PIDs of the PostgreSQL backends the services hold on this run's databases (the server is local).
+
+    The pools keep their connections, so the backends of a level are those
+    open at its start; the benchmark's own reads use other application names.
+    """
+    import psycopg2
+
+    if not database_names:
+        return []
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = ANY(%s)",
+                           (list(database_names), ["orders", "inventory", "notifications"]))
+            return [pid for pid, in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
 def broker_process():
     for process in psutil.process_iter(["name"]):
         if process.info["name"] == "beam.smp":
@@ -107,14 +127,30 @@ def broker_process():
 
 
 class Meter:
-    """CPU seconds and resident memory of named processes over a level."""
+    """CPU seconds and resident memory of named processes over a level.
 
-    def __init__(self, processes):
+    ``groups``: name -> a callable giving the PIDs of several processes counted
+    as one (PostgreSQL's backends), read again at the start of every level;
+    only their CPU is reported.
+    """
+
+    def __init__(self, processes, groups=None):
         self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.groups = dict(groups or {})
         self.peak = {name: 0 for name in self.processes}
         self._start = {}
+        self._group_start = {}
         self._sampler = None
         self._running = False
+
+    def _group_cpu(self, pids):
+        cpu = {}
+        for pid in pids:
+            try:
+                cpu[pid] = self._cpu(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        return cpu
 
     def _cpu(self, process):
         times = process.cpu_times()
@@ -137,6 +173,7 @@ class Meter:
                 self._start[name] = self._cpu(process)
             except psutil.Error:
                 pass
+        self._group_start = {name: self._group_cpu(pids()) for name, pids in self.groups.items()}
         self._t0 = time.monotonic()
         self._running = True
         self._sampler = eventlet.spawn(self._sample)
@@ -156,6 +193,10 @@ class Meter:
             figures[name] = {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1),
                              "peak_rss_mb": round(max(self.peak[name], rss) / 2 ** 20, 1),
                              "rss_end_mb": round(rss / 2 ** 20, 1)}
+        for name, started in self._group_start.items():
+            now = self._group_cpu(started)
+            cpu = sum(now[pid] - started[pid] for pid in now)
+            figures[name] = {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1), "processes": len(now)}
         return figures
 
 
@@ -208,7 +249,7 @@ def level_name(level):
 # the baseline ------------------------------------------------------------------------------
 
 def run_baseline(args, work):
-    from tests.system import stop_together
+    from tests.support.system import stop_together
 
     body_file = os.path.join(work, "echo.jsonl")
     echo_bodies(body_file)
@@ -284,7 +325,7 @@ class Completion:
     """
 
     def __init__(self, uris):
-        from services.common.db import make_engine
+        from services.common.db.database import make_engine
 
         self.orders = make_engine(uris["orders:OrdersBase"])
         self.notifications = make_engine(uris["notifications:NotificationsBase"])
@@ -371,8 +412,8 @@ def completion_figures(found, ids):
 
 def run_system(args, work, instances, db=None):
     db = db or args.db
-    from tests import tokens
-    from tests.system import System
+    from tests.support import tokens
+    from tests.support.system import System
 
     from services.common.settings import load_config
 
@@ -385,6 +426,7 @@ def run_system(args, work, instances, db=None):
         config.pop("LOGGING", None)
         config["AMQP_URI"] = vhost.amqp_uri
         config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+        config["INVENTORY_WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
         config["DB_URIS"] = databases.uris
         # orders are placed by one operator token for many customers: the
         # per-customer rate limit would stop it (every request is still verified)
@@ -406,7 +448,10 @@ def run_system(args, work, instances, db=None):
             broker = broker_process()
             if broker:
                 watched["rabbitmq"] = broker.pid
-            meter = Meter(watched)
+            groups = {}
+            if databases.created:  # PostgreSQL: its backends' CPU is the services' too
+                groups["postgresql"] = lambda: postgres_backends(databases.created)
+            meter = Meter(watched, groups)
             if args.profile:
                 profile_start(args, work, system, instances)
             for level in levels(args):

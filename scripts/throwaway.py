@@ -10,7 +10,7 @@ import uuid
 
 import psycopg2
 
-from services.common.migrate import upgrade
+from services.common.db.migrate import upgrade
 
 
 def free_port():

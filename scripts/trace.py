@@ -26,9 +26,9 @@ from datetime import datetime
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
-from services.common.db import make_engine
-from services.common.events import as_utc
-from services.common.masking import mask, mask_text
+from services.common.db.database import make_engine
+from services.common.messaging.events import as_utc
+from services.common.observability.masking import mask, mask_text
 from services.common.settings import load_config
 
 

@@ -9,14 +9,17 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402
 
 import os  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
 
 import pytest  # noqa: E402
 
 from scripts.throwaway import create_database, drop_database  # noqa: E402
-from services.common.migrate import SERVICES  # noqa: E402
+from services.common.db.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
-from tests import tokens  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.support import free_port, tokens  # noqa: E402
+
+pytest_plugins = ["tests.support.fixtures"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -58,8 +61,7 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def service_config(rabbit_config, make_database, backend):
+def build_service_config(rabbit_config, make_database, backend):
     """config.yaml as the services see it, on a private vhost and databases."""
     config = load_config(os.path.join(ROOT, "config.yaml"))
     config.pop("LOGGING", None)
@@ -67,6 +69,9 @@ def service_config(rabbit_config, make_database, backend):
     config.update(tokens.SETTINGS)
     config["AMQP_URI"] = rabbit_config["AMQP_URI"]
     config["WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
+    # inventory's admin API: a port of the test's own too (never config.yaml's 8001, shared with
+    # every other test through SO_REUSEPORT)
+    config["INVENTORY_WEB_SERVER_ADDRESS"] = "127.0.0.1:{}".format(free_port())
     config["DB_URIS"] = {
         "{}:{}".format(service, base): make_database(service, backend)
         for service, base in SERVICES.items()
@@ -75,20 +80,38 @@ def service_config(rabbit_config, make_database, backend):
 
 
 @pytest.fixture
-def smtp(tmp_path):
-    """A real SMTP server on loopback, not yet started: tests start, stop and slow it."""
-    from tests.notifications_fakes import SmtpSink
-
-    sink = SmtpSink(tmp_path, free_port())
-    yield sink
-    sink.stop()
+def service_config(rabbit_config, make_database, backend):
+    """config.yaml as the services see it, on a private vhost and databases."""
+    return build_service_config(rabbit_config, make_database, backend)
 
 
-@pytest.fixture
-def provider():
-    """A real HTTP server on loopback standing in for the SMS and push providers."""
-    from tests.notifications_fakes import WebhookSink
+@pytest.fixture(scope="module")
+def module_service_config(request, vhost_pipeline, tmp_path_factory):
+    """Factory: ``module_service_config(backend="sqlite", amqp_uri=None)``, a ``service_config``
+    for a scenario run once for a whole module whose tests each check one behaviour of it.
 
-    sink = WebhookSink().start()
-    yield sink
-    sink.stop()
+    Each call gives databases and (unless ``amqp_uri`` names a broker of the module's own)
+    a vhost of its own, kept until the module's last test.
+    """
+    broker = urlparse(request.config.getoption("RABBIT_AMQP_URI"))
+    created = []
+
+    def make(backend="sqlite", amqp_uri=None):
+        directory = tmp_path_factory.mktemp("databases")
+
+        def make_database(service, backend):
+            uri, name = create_database(service, backend, directory, PG_ADMIN_DSN, PG_URI_TEMPLATE)
+            if name:
+                created.append(name)
+            return uri
+
+        if amqp_uri is None:
+            vhost = vhosts.enter_context(vhost_pipeline.get())
+            amqp_uri = "{}://{}/{}".format(broker.scheme, broker.netloc, vhost)
+        return build_service_config({"AMQP_URI": amqp_uri}, make_database, backend)
+
+    with ExitStack() as vhosts:
+        yield make
+    for name in created:
+        drop_database(PG_ADMIN_DSN, name)
+

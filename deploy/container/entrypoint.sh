@@ -3,6 +3,8 @@
 #   orders | inventory | notifications   nameko run of that service (PID 1 via exec,
 #                                        so SIGTERM reaches nameko's graceful shutdown)
 #   migrate                              bring the three databases to the newest schema
+#   broker-users                         create each service's RabbitMQ user and the operator's,
+#                                        with their grants (management API; compose's init step)
 #   probe [health|ready]                 exit 0 if this container's service answers
 #                                        (the image's HEALTHCHECK; compose probes ready)
 #   seed | dlq ... | trace ... | wait-ready   the operator commands
@@ -27,6 +29,10 @@ case "$cmd" in
         exec nameko run --config "$CONFIG" "services.$cmd.service:$(service_class "$cmd")" ;;
     migrate)
         exec orders-migrate --config "$CONFIG" "$@" ;;
+    broker-users)
+        exec python -m services.common.messaging.broker_grants create-users \
+            --management-url "${BROKER_MANAGEMENT_URL:-http://rabbitmq:15672}" \
+            --vhost "${BROKER_VHOST:-orders}" --user-prefix "${BROKER_USER_PREFIX:-}" "$@" ;;
     seed)
         exec orders-seed --config "$CONFIG" "$@" ;;
     wait-ready)
@@ -49,6 +55,6 @@ try:
 except Exception as exc:
     sys.exit("not healthy: {}".format(exc))' "http://127.0.0.1:$port/${1:-health}" ;;
     *)
-        echo "usage: entrypoint orders|inventory|notifications|migrate|probe [health|ready]|seed|dlq|trace|wait-ready" >&2
+        echo "usage: entrypoint orders|inventory|notifications|migrate|broker-users|probe [health|ready]|seed|dlq|trace|wait-ready" >&2
         exit 2 ;;
 esac

@@ -1,8 +1,8 @@
 """Marshmallow pieces every service's schemas use."""
 from marshmallow import ValidationError, fields
 
-from .errors import validation_error
-from .events import as_utc
+from services.common.errors import validation_error
+from services.common.messaging.events import as_utc
 
 
 class UtcDateTime(fields.DateTime):

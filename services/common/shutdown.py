@@ -23,10 +23,10 @@ import weakref
 import eventlet
 from nameko.extensions import DependencyProvider
 
+from services.common.settings import PlatformSettings
+
 log = logging.getLogger(__name__)
 
-TIMEOUT_KEY = "SHUTDOWN_TIMEOUT"
-DEFAULT_TIMEOUT = 20
 KILL_GRACE = 5  # seconds a kill may take before the process just exits
 
 # One SIGTERM handler per process, in front of ``nameko run``'s own; it tells
@@ -69,7 +69,7 @@ class GracefulShutdown(DependencyProvider):
         self._terminating = False
 
     def setup(self):
-        self.timeout = float(self.container.config.get(TIMEOUT_KEY, DEFAULT_TIMEOUT))
+        self.timeout = PlatformSettings.from_config(self.container.config).shutdown_timeout
 
     def start(self):
         if _install():

@@ -32,9 +32,9 @@ import functools
 
 from nameko.extensions import DependencyProvider
 
-from .consumers import event_handler, first_delivery
-from .db import read_only
-from .events import parse_event
+from services.common.messaging.consumers import event_handler, first_delivery
+from services.common.messaging.events import parse_event
+from services.common.db.database import read_only
 
 
 class UnitOfWork(DependencyProvider):
@@ -151,7 +151,7 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow"):
     """An event entrypoint whose method runs in a unit of work, once per event.
 
     The body is parsed with ``schema`` (the consumer's own read schema; a
-    malformed event is dead-lettered, see ``services.common.events``), the
+    malformed event is dead-lettered, see ``services.common.messaging.events``), the
     delivery is recorded in the inbox under ``inbox_name`` (default: the
     method's name) and the method is called as ``method(self, uow, event)``
     inside the transaction; a redelivered event never reaches it.

@@ -8,7 +8,7 @@ See docs/saga.md for who reads each one.
 """
 from marshmallow import Schema, fields
 
-from services.common.contracts import Published, optional_names, published
+from services.common.messaging.contracts import Published, optional_names, published
 
 
 class ProductChangedSchema(Schema):

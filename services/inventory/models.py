@@ -1,9 +1,9 @@
 from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Integer, String, Boolean
 from sqlalchemy.orm import declarative_base
 
-from services.common.consumers import ProcessedEventMixin
-from services.common.events import utcnow
-from services.common.outbox import OutboxMixin
+from services.common.messaging.consumers import ProcessedEventMixin
+from services.common.messaging.events import utcnow
+from services.common.messaging.outbox import OutboxMixin
 
 from . import domain
 

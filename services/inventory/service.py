@@ -2,27 +2,31 @@
 
 RPC answers questions that need an answer now (a product, its stock); the
 work that changes stock for orders happens in event handlers, so an order
-never waits for inventory to be up. Entrypoints only: each validates its
-input and runs a use case from ``handlers.py`` in a unit of work.
+never waits for inventory to be up. The catalogue's admin writes are also
+served over HTTP (``http.py``, admin-scoped bearer tokens), so the HTTP
+clients that write the catalogue need no broker rights at all. Entrypoints
+only: each validates its input and runs a use case from ``handlers.py`` in a
+unit of work.
 """
 from nameko.dependency_providers import Config
 
-from services.common.consumers import InboxRetention
-from services.common.correlation import CorrelationId
-from services.common.db import ServiceDatabase
-from services.common.deadletters import DeadLetterRpc
+from services.common.messaging.consumers import InboxRetention
+from services.common.observability.correlation import CorrelationId
+from services.common.db.database import ServiceDatabase
+from services.common.messaging.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.metrics import Metrics
-from services.common.outbox import Outbox
-from services.common.rpc import rpc
+from services.common.observability.metrics import Metrics
+from services.common.messaging.outbox import Outbox
+from services.common.messaging.rpc import rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
-from services.common.telemetry import Telemetry
-from services.common.tracing import Tracer
+from services.common.observability.telemetry import Telemetry
+from services.common.observability.tracing import Tracer
 from services.common.uow import UnitOfWork, handles
 from services.common.validation import MAX_ORDER_ID, is_sku, storable
 
 from . import domain, events, handlers  # noqa: F401  (domain: tests replace its rules here)
+from .http import AdminHttpApi
 from .models import InventoryBase, OutboxMessage, ProcessedEvent, Reservation
 from .schemas import NewProductSchema, OrderCancelledSchema, OrderCreatedSchema, ProductChangesSchema, QuantitySchema
 
@@ -31,7 +35,7 @@ order_created_schema = OrderCreatedSchema()
 order_cancelled_schema = OrderCancelledSchema()
 
 
-class InventoryService(DeadLetterRpc, InboxRetention):
+class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     name = "inventory"
 
     config = Config()

@@ -7,14 +7,15 @@ load and flush were most of their cost).
 """
 from sqlalchemy import bindparam, insert, select, update
 
-from services.common.events import utcnow
+from services.common.db.pgwire import DEFERRABLE
+from services.common.messaging.events import utcnow
 from services.common.validation import MAX_STOCK
 
 from .models import Product, Reservation
 
 _products, _reservations = Product.__table__, Reservation.__table__
 DECIDED = select(_reservations.c.order_id).where(_reservations.c.order_id == bindparam("order_id"))
-INSERT_DECISION = insert(_reservations)
+INSERT_DECISION = insert(_reservations).execution_options(**{DEFERRABLE: True})  # read by nothing after
 RESERVE_LINE = (update(_products)
                 .where(_products.c.sku == bindparam("line_sku"), _products.c.active.is_(True),
                        _products.c.on_hand - _products.c.reserved >= bindparam("quantity"))

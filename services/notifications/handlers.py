@@ -9,7 +9,7 @@ import logging
 from marshmallow import ValidationError
 
 from services.common.errors import Conflict, NotFound
-from services.common.events import utcnow
+from services.common.messaging.events import utcnow
 from services.common.validation import normalise_email
 
 from . import domain, store

@@ -3,8 +3,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import declarative_base, relationship
 
-from services.common.consumers import ProcessedEventMixin
-from services.common.events import utcnow
+from services.common.messaging.consumers import ProcessedEventMixin
+from services.common.messaging.events import utcnow
 
 NotificationsBase = declarative_base(name="NotificationsBase")
 

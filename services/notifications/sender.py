@@ -33,9 +33,10 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from services.common import correlation
-from services.common.db import read_only, shared_engine
-from services.common.events import as_utc, utcnow
+from services.common.observability import correlation
+from services.common.db.database import read_only, shared_engine
+from services.common.messaging.events import as_utc, utcnow
+from services.common.settings import given
 
 from . import domain
 from .channels import Outgoing, build_channels
@@ -66,12 +67,12 @@ class Sender(DependencyProvider):
     def setup(self):
         config = self.container.config
         self.channels = build_channels(config)
-        self.max_attempts = int(config.get("NOTIFY_MAX_ATTEMPTS") or 5)
-        self.backoff_base = float(config.get("NOTIFY_BACKOFF_BASE") or 2)
-        self.backoff_max = float(config.get("NOTIFY_BACKOFF_MAX") or 300)
-        self.poll_interval = float(config.get("NOTIFY_POLL_INTERVAL") or 5)
-        self.concurrency = int(config.get("NOTIFY_CONCURRENCY") or 10)
-        self.lease = timedelta(seconds=float(config.get("NOTIFY_LEASE") or 300))
+        self.max_attempts = given(config, "NOTIFY_MAX_ATTEMPTS", 5, int)
+        self.backoff_base = given(config, "NOTIFY_BACKOFF_BASE", 2.0, float)  # seconds
+        self.backoff_max = given(config, "NOTIFY_BACKOFF_MAX", 300.0, float)  # seconds
+        self.poll_interval = given(config, "NOTIFY_POLL_INTERVAL", 5.0, float)  # seconds
+        self.concurrency = given(config, "NOTIFY_CONCURRENCY", 10, int)
+        self.lease = timedelta(seconds=given(config, "NOTIFY_LEASE", 300.0, float))
         # a connection per delivery slot, plus the claiming loop and the outcome recorder
         self.shared = shared_engine(self.container, self.declarative_base.__name__, self.concurrency + 2)
         self._wakeup = LightQueue(maxsize=1)

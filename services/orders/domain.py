@@ -2,13 +2,13 @@
 
 An order's life is a small state machine. Every change of status goes
 through ``transition`` so that an illegal move is refused in one place.
+The rules return the events they cause, as (declared event, data) pairs;
+the use cases in ``handlers.py`` store what changed and stage those events.
 """
-PENDING = "pending"
-CONFIRMED = "confirmed"
-REJECTED = "rejected"
-CANCELLED = "cancelled"
+from collections import namedtuple
 
-STATUSES = (PENDING, CONFIRMED, REJECTED, CANCELLED)
+from . import events
+from .statuses import CANCELLED, CONFIRMED, PENDING, REJECTED, STATUSES  # noqa: F401  (part of the domain's API)
 
 ALLOWED = {
     PENDING: {CONFIRMED, REJECTED, CANCELLED},
@@ -44,6 +44,26 @@ def can_become(current, requested):
     return requested in ALLOWED.get(current, ())
 
 
+# the event a move to each status causes (pending is announced by order_created)
+ANNOUNCES = {CONFIRMED: events.ORDER_CONFIRMED, REJECTED: events.ORDER_REJECTED, CANCELLED: events.ORDER_CANCELLED}
+
+Moved = namedtuple("Moved", "changes events")
+Moved.__doc__ = """An order's move: the columns it changes (status, updated_at, and reasons
+if given) and the events it causes, as (declared event, data) pairs."""
+
+
+def move(order, requested, now, reasons=None):
+    """Move ``order`` (as stored: a mapping with its status and lines) to ``requested`` at ``now``.
+
+    The event announcing the new status carries the order as it is after the
+    move. IllegalTransition if the move is not allowed.
+    """
+    changes = {"status": transition(order["status"], requested), "updated_at": now}
+    if reasons is not None:
+        changes["reasons"] = reasons
+    return Moved(changes, [(ANNOUNCES[requested], dict(order, **changes))])
+
+
 def price_lines(lines, catalogue):
     """Priced copies of ``lines`` and their total, at today's prices.
 
@@ -76,6 +96,25 @@ def check_total(total):
     if total > MAX_ORDER_TOTAL:
         raise TotalTooLarge(total)
     return total
+
+
+Placed = namedtuple("Placed", "lines total events")
+Placed.__doc__ = """A new order: its priced lines, its total and the events it causes,
+as (declared event, data) pairs."""
+
+
+def place(order_id, customer_email, lines, catalogue):
+    """A new order's lines priced from ``catalogue`` (see ``price_lines``), its total, and the
+    ``order_created`` event asking inventory to reserve them.
+
+    UnknownProducts or TotalTooLarge if the order cannot be taken.
+    """
+    priced, total = price_lines(lines, catalogue)
+    check_total(total)
+    created = {"order_id": order_id, "customer_email": customer_email, "total": total,
+               "lines": [{"sku": line["sku"], "quantity": line["quantity"], "unit_price": line["unit_price"]}
+                         for line in priced]}
+    return Placed(priced, total, [(events.ORDER_CREATED, created)])
 
 
 def is_newer(version, current):

@@ -2,14 +2,13 @@
 
 ``order_created`` asks inventory to reserve; each later status has its own
 event, carrying the order as stored (less its history), named by
-``order_id`` like ``order_created``. ``ANNOUNCES`` says which event each
-status an order moves to publishes. See docs/saga.md.
+``order_id`` like ``order_created``. ``domain.ANNOUNCES`` says which event
+each status an order moves to causes. See docs/saga.md.
 """
 from marshmallow import Schema, fields
 
-from services.common.contracts import Published, published
+from services.common.messaging.contracts import Published, published
 
-from . import domain
 from .schemas import OrderSchema
 
 
@@ -41,6 +40,3 @@ ORDER_REJECTED = Published("order_rejected", OrderStatusSchema())
 ORDER_CANCELLED = Published("order_cancelled", OrderStatusSchema())
 
 PUBLISHED = published(ORDER_CREATED, ORDER_CONFIRMED, ORDER_REJECTED, ORDER_CANCELLED)
-
-# the event a move to each status publishes (pending is announced by order_created)
-ANNOUNCES = {domain.CONFIRMED: ORDER_CONFIRMED, domain.REJECTED: ORDER_REJECTED, domain.CANCELLED: ORDER_CANCELLED}

@@ -1,4 +1,4 @@
-"""Orders' use cases: each takes a unit of work, applies the rules, publishes what they cause.
+"""Orders' use cases: each takes a unit of work, applies the rules, stages the events they cause.
 
 The entrypoints (``service.py`` for RPC and events, ``http.py`` for HTTP)
 validate input and call these explicitly; the rules are in ``domain.py``,
@@ -15,11 +15,11 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import utcnow
+from services.common.http.auth import normalise_email
+from services.common.messaging.events import utcnow
 from services.common.schema import load_input
 
-from . import domain, events, store
-from .auth import normalise_email
+from . import domain, store
 from .models import CatalogueItem, IdempotencyKey
 from .schemas import OrderSchema, encode_cursor, place_order_schema
 
@@ -41,14 +41,12 @@ def place_order(uow, data, correlation_id):
 
     ``data`` is a validated order request (``customer_email`` normalised).
     """
-    priced, total = _priced(store.prices(uow.session, [line["sku"] for line in data["lines"]]), data["lines"])
-    now = utcnow()
     order_id = str(uuid.uuid4())
+    placed = _placed(order_id, data, store.prices(uow.session, [line["sku"] for line in data["lines"]]))
+    priced, total = placed.lines, placed.total
+    now = utcnow()
     store.insert_order(uow.session, order_id, data, priced, total, correlation_id, domain.PENDING, now)
-    uow.publish(events.ORDER_CREATED, {
-        "order_id": order_id, "customer_email": data["customer_email"], "total": total,
-        "lines": [{"sku": line["sku"], "quantity": line["quantity"], "unit_price": line["unit_price"]}
-                  for line in priced]})
+    _publish(uow, placed.events)
     # the answer is built from the same values, in the shape OrderSchema gives a stored order
     at = now.isoformat()
     return {
@@ -60,15 +58,13 @@ def place_order(uow, data, correlation_id):
     }
 
 
-def _priced(catalogue, lines):
+def _placed(order_id, data, catalogue):
     try:
-        priced, total = domain.price_lines(lines, catalogue)
-        domain.check_total(total)
+        return domain.place(order_id, data["customer_email"], data["lines"], catalogue)
     except domain.UnknownProducts as exc:
         raise InvalidInput(str(exc), details={"lines": ["Unknown sku: {}".format(sku) for sku in exc.skus]}) from None
     except domain.TotalTooLarge as exc:
         raise InvalidInput(str(exc), details={"lines": [str(exc)]}) from None
-    return priced, total
 
 
 def place_order_once(uow, data, key, ttl, correlation_id):
@@ -159,10 +155,9 @@ def change_status(uow, order_id, status, reason, owner=None):
     if row is None or (owner is not None and normalise_email(row.customer_email) != owner):
         raise order_not_found(order_id)
     try:
-        domain.transition(row.status, status)
+        _move(uow, row, status, reason)
     except domain.IllegalTransition as exc:
         raise Conflict(str(exc), details={"status": [row.status]}) from None
-    _move(uow, row, status, reason)
     return order_schema.dump(_order(uow.session, order_id))
 
 
@@ -181,10 +176,16 @@ def settle(uow, event, status, reason, reasons=None):
 
 
 def _move(uow, row, status, reason, reasons=None):
-    """The move and the event announcing it (the order as OrderSchema shows it, less its history)."""
-    order = store.move_order(uow.session, row, status, reason, reasons, utcnow())
-    uow.publish(events.ANNOUNCES[status], order)
+    """The move (a domain rule), stored, and the event it causes staged."""
+    moved = domain.move(store.with_lines(uow.session, row), status, utcnow(), reasons)
+    store.move_order(uow.session, row, moved.changes, reason)
+    _publish(uow, moved.events)
     log.info("order %s is now %s (%s)", row.id, status, reason)
+
+
+def _publish(uow, caused):
+    for event, data in caused:
+        uow.publish(event, data)
 
 
 def _order(session, order_id):

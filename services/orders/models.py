@@ -1,9 +1,9 @@
 from sqlalchemy import JSON, Boolean, Column, DateTime, ForeignKey, Integer, String, Index
 from sqlalchemy.orm import declarative_base, relationship
 
-from services.common.consumers import ProcessedEventMixin
-from services.common.events import utcnow
-from services.common.outbox import OutboxMixin
+from services.common.messaging.consumers import ProcessedEventMixin
+from services.common.messaging.events import utcnow
+from services.common.messaging.outbox import OutboxMixin
 
 OrdersBase = declarative_base(name="OrdersBase")
 

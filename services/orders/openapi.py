@@ -12,10 +12,12 @@ import json
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
+from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content as _json
+from services.common.validation import SKU_PATTERN
+
 from .schemas import (
-    CancelOrderSchema, ErrorSchema, HealthSchema, IdempotencyHeaderSchema, ListOrdersSchema,
-    NewProductSchema, OrderPageSchema, OrderSchema, ProductChangesSchema, ProductListSchema, ProductSchema,
-    ReadinessSchema, RestockSchema, SKU_PATTERN, place_order_schema,
+    CancelOrderSchema, HealthSchema, IdempotencyHeaderSchema, ListOrdersSchema, OrderPageSchema, OrderSchema,
+    ProductListSchema, ProductSchema, ReadinessSchema, place_order_schema,
 )
 from .settings import OrdersSettings
 
@@ -26,8 +28,8 @@ ERRORS = {
                         "details names each field."),
     "Unauthorized": (401, "No bearer token, or one that is expired, not yet valid, badly signed or meant "
                           "for another issuer or audience (unauthorized); see WWW-Authenticate."),
-    "Forbidden": (403, "The token may not do this: the admin scope is needed (insufficient_scope), "
-                       "or a customer named another customer (forbidden); details names the field."),
+    "Forbidden": (403, "The token may not do this: a customer named another customer, or the token "
+                       "names no customer (forbidden); details names the field."),
     "NotFound": (404, "No such route, order or product (not_found)."),
     "MethodNotAllowed": (405, "The path exists but not with this method (method_not_allowed); see Allow."),
     "Conflict": (409, "Valid, but it clashes with the current state (conflict)."),
@@ -52,15 +54,13 @@ Money is integer cents. Unknown fields and unknown query parameters are
 refused. Orders need `Authorization: Bearer <token>`, a JWT from the
 deployment's identity provider: a customer sees and changes only their own
 orders (another customer's order is a 404); a token with the `orders:admin`
-scope acts for any customer and writes the catalogue. Catalogue reads,
-`/health`, `/ready` and `/openapi.json` are public.
+scope acts for any customer. Catalogue reads, `/health`, `/ready` and
+`/openapi.json` are public. Catalogue writes (new products, changes,
+restock) are inventory's own admin API, on inventory's port
+(`INVENTORY_WEB_SERVER_ADDRESS`), with the same tokens.
 Browsers may call from the origins in `CORS_ALLOWED_ORIGINS` (none by default);
 `OPTIONS` on any path answers a CORS preflight.
 """
-
-
-def _json(schema_ref, description):
-    return {"description": description, "content": {"application/json": {"schema": schema_ref}}}
 
 
 def _errors(*names):
@@ -81,17 +81,11 @@ EXAMPLES = {
     "PlaceOrder": {"customer_email": "ann@example.com",
                    "lines": [{"sku": "WIDGET-1", "quantity": 2}, {"sku": "GIZMO-1", "quantity": 1}]},
     "CancelOrder": {"reason": "ordered by mistake"},
-    "NewProduct": {"sku": "SPROCKET-1", "name": "Sprocket", "price": 1250, "stock": 40},
-    "ProductChanges": {"price": 1799, "active": True},
-    "Restock": {"quantity": 50},
 }
-# OpenAPI 3.0 lists no scopes for an http scheme: the admin scope is in the summaries
-ADMIN = [{"bearerAuth": []}]
 CUSTOMER = [{"bearerAuth": []}]
 PUBLIC = []
 COMMON = ("MethodNotAllowed",)
 WITH_BODY = ("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")
-ADMIN_ERRORS = ("Unauthorized", "Forbidden")
 CUSTOMER_ERRORS = ("Unauthorized", "Forbidden")
 UPSTREAM = ("BadGateway", "ServiceUnavailable")
 
@@ -101,22 +95,15 @@ def build_spec(max_line_quantity=OrdersSettings.max_line_quantity,
     spec = APISpec(title="Orders API", version=VERSION, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION},
                    security=CUSTOMER)  # the default; public operations say security: []
-    # what a JSON Schema can say beyond the fields themselves
-    extra = {"ProductChanges": {"minProperties": 1}}
     for name, schema in (("Error", ErrorSchema), ("Order", OrderSchema), ("OrderPage", OrderPageSchema),
                          ("Product", ProductSchema), ("ProductList", ProductListSchema),
                          ("Health", HealthSchema), ("Readiness", ReadinessSchema),
                          ("PlaceOrder", place_order_schema(max_line_quantity, max_order_lines)),
-                         ("CancelOrder", CancelOrderSchema), ("NewProduct", NewProductSchema),
-                         ("ProductChanges", ProductChangesSchema), ("Restock", RestockSchema)):
-        spec.components.schema(name, extra.get(name), schema=schema)
+                         ("CancelOrder", CancelOrderSchema)):
+        spec.components.schema(name, schema=schema)
     for name, (_, description) in ERRORS.items():
         spec.components.response(name, _json({"$ref": "#/components/schemas/Error"}, description))
-    spec.components.security_scheme("bearerAuth", {
-        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-        "description": "An access token (JWT) from the identity provider: issuer JWT_ISSUER, audience "
-                       "JWT_AUDIENCE; the customer is its sub and email; the orders:admin scope (in scope "
-                       "or scp) makes an operator. In development: ./run.sh token EMAIL [--admin]."})
+    bearer_scheme(spec, "acts for any customer")
 
     def ref(name):
         return {"$ref": "#/components/schemas/{}".format(name)}
@@ -180,13 +167,6 @@ def build_spec(max_line_quantity=OrdersSettings.max_line_quantity,
             "responses": {"200": _json(ref("ProductList"), "Every product."),
                           **_errors("BadRequest", *UPSTREAM, *COMMON)},
         },
-        "post": {
-            "operationId": "createProduct", "tags": ["catalogue"], "security": ADMIN,
-            "summary": "Add a product (admin: the orders:admin scope).",
-            "requestBody": body("NewProduct"),
-            "responses": {"201": _json(ref("Product"), "The new product."),
-                          **_errors(*ADMIN_ERRORS, "Conflict", *WITH_BODY, *UPSTREAM, *COMMON)},
-        },
     })
     spec.path(path="/products/{sku}", parameters=[SKU], operations={
         "get": {
@@ -195,21 +175,7 @@ def build_spec(max_line_quantity=OrdersSettings.max_line_quantity,
             "responses": {"200": _json(ref("Product"), "The product."),
                           **_errors("BadRequest", "NotFound", *UPSTREAM, *COMMON)},
         },
-        "patch": {
-            "operationId": "updateProduct", "tags": ["catalogue"], "security": ADMIN,
-            "summary": "Change a product's name, price or active flag (admin).",
-            "requestBody": body("ProductChanges"),
-            "responses": {"200": _json(ref("Product"), "The product as changed."),
-                          **_errors(*ADMIN_ERRORS, "NotFound", *WITH_BODY, *UPSTREAM, *COMMON)},
-        },
     })
-    spec.path(path="/products/{sku}/restock", parameters=[SKU], operations={"post": {
-        "operationId": "restockProduct", "tags": ["catalogue"], "security": ADMIN,
-        "summary": "Add units to a product's stock on hand (admin).",
-        "requestBody": body("Restock"),
-        "responses": {"200": _json(ref("Product"), "The product with its new stock."),
-                      **_errors(*ADMIN_ERRORS, "NotFound", *WITH_BODY, *UPSTREAM, *COMMON)},
-    }})
     spec.path(path="/health", operations={"get": {
         "operationId": "health", "tags": ["operations"], "security": PUBLIC,
         "summary": "Liveness: answers while the process is up.",

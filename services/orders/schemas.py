@@ -11,14 +11,11 @@ from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.events import as_utc
+from services.common.messaging.events import as_utc
 from services.common.schema import UtcDateTime
-from services.common.validation import (  # noqa: F401  (is_sku, Text: part of this module's API)
-    MAX_PRICE, MAX_RESTOCK, MAX_STOCK, SKU, SKU_PATTERN, Email, FullMatch, SafeString, StrictBoolean, Text,
-    is_sku, storable,
-)
+from services.common.validation import SKU, Email, FullMatch, SafeString, Text, storable
 
-from . import domain
+from .statuses import STATUSES
 
 DEFAULT_PAGE_LIMIT = 20
 MAX_PAGE_LIMIT = 100
@@ -113,7 +110,7 @@ class Cursor(fields.String):
 
 
 class ListOrdersSchema(_Strict):
-    status = fields.String(validate=validate.OneOf(domain.STATUSES))
+    status = fields.String(validate=validate.OneOf(STATUSES))
     customer_email = Email()
     limit = fields.Integer(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT),
                            metadata={"description": "Orders per page (default {}, at most {})."
@@ -125,32 +122,6 @@ class ListOrdersSchema(_Strict):
 
 class CancelOrderSchema(_Strict):
     reason = Text(200, load_default="cancelled by request")
-
-
-class NewProductSchema(_Strict):
-    sku = SafeString(required=True, validate=SKU)
-    name = Text(200, required=True)
-    price = fields.Integer(required=True, strict=True, validate=validate.Range(0, MAX_PRICE),
-                           metadata={"description": "Unit price in cents."})
-    stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(0, MAX_STOCK),
-                           metadata={"description": "Units on hand to start with."})
-
-
-class ProductChangesSchema(_Strict):
-    name = Text(200)
-    price = fields.Integer(strict=True, validate=validate.Range(0, MAX_PRICE),
-                           metadata={"description": "Unit price in cents."})
-    active = StrictBoolean(metadata={"description": "Whether the product can be ordered."})
-
-    @validates_schema
-    def something_to_change(self, data, **kwargs):
-        if not data:
-            raise ValidationError(["Give at least one of name, price, active."], "_schema")
-
-
-class RestockSchema(_Strict):
-    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_RESTOCK),
-                              metadata={"description": "Units added to the stock on hand."})
 
 
 class EmptyQuerySchema(_Strict):
@@ -187,7 +158,7 @@ class RejectionReasonSchema(Schema):
 
 class OrderSchema(Schema):
     id = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(domain.STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     customer_email = fields.String(required=True)
     lines = fields.List(fields.Nested(OrderLineSchema), required=True)
     total = fields.Integer(required=True, metadata={"description": "Cents."})
@@ -218,13 +189,6 @@ class ProductSchema(Schema):
 
 class ProductListSchema(Schema):
     products = fields.List(fields.Nested(ProductSchema), required=True)
-
-
-class ErrorSchema(Schema):
-    error = fields.String(required=True, metadata={"description": "Stable code, e.g. invalid_input."})
-    message = fields.String(required=True, metadata={"description": "For people; may change."})
-    details = fields.Dict(required=True, metadata={
-        "description": "What went wrong where, usually {field: [messages]}; {} when nothing to add."})
 
 
 class HealthSchema(Schema):

@@ -13,18 +13,18 @@ import logging
 from nameko.dependency_providers import Config
 from nameko.timer import timer
 
-from services.common.consumers import InboxRetention
-from services.common.correlation import CorrelationId
-from services.common.db import ServiceDatabase
-from services.common.deadletters import DeadLetterRpc
+from services.common.messaging.consumers import InboxRetention
+from services.common.observability.correlation import CorrelationId
+from services.common.db.database import ServiceDatabase
+from services.common.messaging.deadletters import DeadLetterRpc
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.metrics import Metrics
-from services.common.outbox import Outbox
-from services.common.rpc import TimedRpcProxy, rpc
+from services.common.observability.metrics import Metrics
+from services.common.messaging.outbox import Outbox
+from services.common.messaging.rpc import TimedRpcProxy, rpc
 from services.common.schema import load_input
 from services.common.shutdown import GracefulShutdown
-from services.common.telemetry import Telemetry
-from services.common.tracing import Tracer
+from services.common.observability.telemetry import Telemetry
+from services.common.observability.tracing import Tracer
 from services.common.uow import UnitOfWork, handles
 from services.common.validation import order_id_or_none
 

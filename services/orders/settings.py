@@ -8,16 +8,9 @@ from dataclasses import dataclass
 
 from nameko.extensions import DependencyProvider
 
-from services.common.health import DEFAULT_READY_TIMEOUT
+from services.common.settings import PlatformSettings, given
 
 IDEMPOTENCY_PURGE_INTERVAL = 300  # seconds between purges of expired idempotency keys and rate-limit windows
-
-
-def _given(config, key, default, kind, zero_is_default=True):
-    value = config.get(key)
-    if value is None or (zero_is_default and not value):
-        return default
-    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -28,21 +21,21 @@ class OrdersSettings:
     order_rate_limit: int = 30  # orders per customer per window; 0 switches it off
     anonymous_rate_limit: int = 30  # unauthenticated attempts per client address per window; 0: off
     rate_limit_window: int = 60  # seconds
-    ready_timeout: float = DEFAULT_READY_TIMEOUT  # seconds
+    ready_timeout: float = PlatformSettings.ready_timeout  # seconds
 
     @classmethod
     def from_config(cls, config):
         defaults = cls()
         return cls(
-            max_line_quantity=_given(config, "MAX_LINE_QUANTITY", defaults.max_line_quantity, int),
-            max_order_lines=_given(config, "MAX_ORDER_LINES", defaults.max_order_lines, int),
-            idempotency_key_ttl=_given(config, "IDEMPOTENCY_KEY_TTL", defaults.idempotency_key_ttl, float),
-            order_rate_limit=_given(config, "ORDER_RATE_LIMIT", defaults.order_rate_limit, int,
+            max_line_quantity=given(config, "MAX_LINE_QUANTITY", defaults.max_line_quantity, int),
+            max_order_lines=given(config, "MAX_ORDER_LINES", defaults.max_order_lines, int),
+            idempotency_key_ttl=given(config, "IDEMPOTENCY_KEY_TTL", defaults.idempotency_key_ttl, float),
+            order_rate_limit=given(config, "ORDER_RATE_LIMIT", defaults.order_rate_limit, int,
                                     zero_is_default=False),
-            anonymous_rate_limit=_given(config, "ANONYMOUS_RATE_LIMIT", defaults.anonymous_rate_limit, int,
+            anonymous_rate_limit=given(config, "ANONYMOUS_RATE_LIMIT", defaults.anonymous_rate_limit, int,
                                         zero_is_default=False),
-            rate_limit_window=_given(config, "RATE_LIMIT_WINDOW", defaults.rate_limit_window, int),
-            ready_timeout=_given(config, "READY_TIMEOUT", defaults.ready_timeout, float),
+            rate_limit_window=given(config, "RATE_LIMIT_WINDOW", defaults.rate_limit_window, int),
+            ready_timeout=given(config, "READY_TIMEOUT", defaults.ready_timeout, float),
         )
 
 

@@ -9,7 +9,8 @@ again in that transaction.
 """
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
-from services.common.events import as_utc
+from services.common.db.pgwire import DEFERRABLE
+from services.common.messaging.events import as_utc
 
 from .models import CatalogueItem, IdempotencyKey, Order, OrderLine, StatusChange
 
@@ -17,11 +18,19 @@ _orders, _lines, _history = Order.__table__, OrderLine.__table__, StatusChange._
 _catalogue = CatalogueItem.__table__
 PRICES = (select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price)
           .where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)), _catalogue.c.active.is_(True)))
-INSERT_ORDER, INSERT_LINES, INSERT_HISTORY = insert(_orders), insert(_lines), insert(_history)
-LOCK_ORDER = select(_orders).where(_orders.c.id == bindparam("order_id")).with_for_update()
-ORDER_LINES = select(_lines).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+# Writes whose result nothing reads: on PostgreSQL they ride with the transaction's next statement or its
+# COMMIT (services.common.db.pgwire). ``inline()``: no RETURNING of the generated id, which nothing reads.
+_deferred = {DEFERRABLE: True}
+INSERT_ORDER, INSERT_LINES = insert(_orders).execution_options(**_deferred), insert(_lines).execution_options(**_deferred)
+INSERT_HISTORY = insert(_history).inline().execution_options(**_deferred)
+# the order, locked, and its lines, in one statement (one round trip): a row per line
+_LINE_COLUMNS = (_lines.c.position, _lines.c.sku, _lines.c.name, _lines.c.quantity, _lines.c.unit_price)
+LOCK_ORDER = (select(_orders, *_LINE_COLUMNS)
+              .select_from(_orders.outerjoin(_lines, _lines.c.order_id == _orders.c.id))
+              .where(_orders.c.id == bindparam("order_id")).order_by(_lines.c.position)
+              .with_for_update(of=_orders))
 MOVE_ORDER = (update(_orders).where(_orders.c.id == bindparam("order_id"))
-              .values(status=bindparam("status"), updated_at=bindparam("updated_at")))
+              .values(status=bindparam("status"), updated_at=bindparam("updated_at")).execution_options(**_deferred))
 MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
 
 
@@ -43,23 +52,47 @@ def insert_order(session, order_id, data, priced, total, correlation_id, status,
         "order_id": order_id, "from_status": None, "to_status": status, "reason": "placed", "at": now})
 
 
+class LockedOrder:
+    """An order's row, locked for this transaction (PostgreSQL), with its lines read by the same statement."""
+
+    __slots__ = ("row", "lines")
+
+    def __init__(self, rows):
+        self.row = {column.name: rows[0]._mapping[column] for column in _orders.c}
+        self.lines = [line for line in rows if line.sku is not None]  # the outer join's empty side
+
+    @property
+    def id(self):
+        return self.row["id"]
+
+    @property
+    def status(self):
+        return self.row["status"]
+
+    @property
+    def customer_email(self):
+        return self.row["customer_email"]
+
+
 def lock_order(session, order_id):
-    """The order's row, locked for this transaction (PostgreSQL), or None."""
-    return session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).first()
+    """The order, locked for this transaction (PostgreSQL), with its lines: a ``LockedOrder``, or None."""
+    rows = session.connection().execute(LOCK_ORDER, {"order_id": str(order_id)}).all()
+    return LockedOrder(rows) if rows else None
 
 
-def move_order(session, row, status, reason, reasons, now):
-    """A history row and the new status for a locked order row; the order as it now is (a dict)."""
+def with_lines(session, locked):
+    """A ``LockedOrder`` as a dict with its lines: the order as the domain moves it (no further query)."""
+    return dict(locked.row, lines=locked.lines)
+
+
+def move_order(session, locked, changes, reason):
+    """A history row and ``changes`` (status, updated_at, perhaps reasons) for a ``LockedOrder``."""
     connection = session.connection()
-    lines = connection.execute(ORDER_LINES, {"order_id": row.id}).all()
-    changes = {"status": status, "updated_at": now}
-    if reasons is not None:
-        changes["reasons"] = reasons
     connection.execute(INSERT_HISTORY, {
-        "order_id": row.id, "from_status": row.status, "to_status": status, "reason": reason, "at": now})
-    connection.execute(MOVE_ORDER_WITH_REASONS if reasons is not None else MOVE_ORDER,
-                       dict(changes, order_id=row.id))
-    return dict(row._mapping, lines=lines, **changes)
+        "order_id": locked.id, "from_status": locked.status, "to_status": changes["status"], "reason": reason,
+        "at": changes["updated_at"]})
+    connection.execute(MOVE_ORDER_WITH_REASONS if "reasons" in changes else MOVE_ORDER,
+                       dict(changes, order_id=locked.id))
 
 
 def order(session, order_id):

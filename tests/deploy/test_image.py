@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -26,8 +27,9 @@ import yaml
 
 from scripts.throwaway import drop_database, pg_admin
 from scripts.token import mint
+from services.common.messaging import broker_grants
 from tests.conftest import PG_ADMIN_DSN, PG_URI_TEMPLATE
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port
 
 from . import podman as pm
 
@@ -40,6 +42,9 @@ SERVICES = ("orders", "inventory", "notifications")
 JWT_SECRET = secrets.token_hex(32)
 CUSTOMER = {"Authorization": "Bearer " + mint(JWT_SECRET, "cora.compose@example.com", issuer="urn:orders:compose-test",
                                                 audience="orders-api", algorithm="HS256")}
+ADMIN = {"Authorization": "Bearer " + mint(JWT_SECRET, None, True, issuer="urn:orders:compose-test",
+                                             audience="orders-api", algorithm="HS256")}
+MANAGEMENT = "http://127.0.0.1:15672"
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +87,19 @@ def stack(image, rabbit_config, tmp_path):
     databases = {service: "test_compose_{}_{}".format(service, uuid.uuid4().hex[:8]) for service in SERVICES}
     for name in databases.values():
         pg_admin(PG_ADMIN_DSN, "CREATE DATABASE {}".format(name))  # empty: compose migrates them
-    ports = {"http": free_port(), "orders": free_port(), "inventory": free_port(), "notifications": free_port()}
+    ports = {"http": free_port(), "orders": free_port(), "inventory": free_port(), "notifications": free_port(),
+             "inventory_http": free_port()}
+    # compose's broker-users step creates a user per service on the test's vhost
+    vhost = rabbit_config["vhost"]
+    prefix = broker_grants.user_prefix(vhost)
+    passwords = {role: secrets.token_urlsafe(16) for role in broker_grants.ROLES}
+    uris = {role: broker_grants.amqp_uri_for(rabbit_config["AMQP_URI"], broker_grants.user_name(role, prefix),
+                                             passwords[role]) for role in broker_grants.ROLES}
     env = dict(os.environ, CONTAINERS_CONF=pm.CONTAINERS_CONF, IMAGE=image,
-               TEST_AMQP_URI=rabbit_config["AMQP_URI"],
+               TEST_VHOST=vhost, TEST_USER_PREFIX=prefix,
+               TEST_INVENTORY_HTTP_PORT=str(ports["inventory_http"]),
+               **{"TEST_{}_BROKER_PASSWORD".format(role.upper()): passwords[role] for role in broker_grants.ROLES},
+               **{"TEST_{}_AMQP_URI".format(role.upper()): uris[role] for role in SERVICES},
                TEST_HTTP_PORT=str(ports["http"]), TEST_ORDERS_METRICS_PORT=str(ports["orders"]),
                TEST_JWT_SECRET=JWT_SECRET, TEST_INVENTORY_PORT=str(ports["inventory"]),
                TEST_NOTIFICATIONS_PORT=str(ports["notifications"]),
@@ -102,6 +117,8 @@ def stack(image, rabbit_config, tmp_path):
     running = type("Stack", (), {})()
     running.compose, running.ports, running.project = compose, ports, project
     running.url = "http://127.0.0.1:{}".format(ports["http"])
+    running.admin_url = "http://127.0.0.1:{}".format(ports["inventory_http"])
+    running.vhost, running.prefix, running.uris = vhost, prefix, uris
     try:
         yield running
     finally:
@@ -109,16 +126,18 @@ def stack(image, rabbit_config, tmp_path):
         down = compose("down", "-v", "-t", "30", timeout=300)
         for name in databases.values():
             drop_database(PG_ADMIN_DSN, name)
+        broker_grants.remove(broker_grants.Management(MANAGEMENT, "guest", "guest"), prefix)
         print(logs.stdout[-6000:], logs.stderr[-2000:], down.stderr[-2000:])
 
 
 def test_compose_system_takes_an_order_over_the_published_port_and_notifies(stack):
     started = time.monotonic()
-    # migrate once, then the services (compose.host.yml says why in two steps)
-    up = stack.compose("up", "-d", "--no-deps", "migrate")
+    # the broker users and the migration once, then the services (compose.host.yml says why in two steps)
+    up = stack.compose("up", "-d", "--no-deps", "broker-users", "migrate")
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    migrated = pm.podman("wait", "{}_migrate_1".format(stack.project), check=False, timeout=300)
-    assert migrated.stdout.strip() == "0", migrated
+    for step in ("broker-users", "migrate"):
+        done = pm.podman("wait", "{}_{}_1".format(stack.project, step), check=False, timeout=300)
+        assert done.stdout.strip() == "0", (step, done, stack.compose("logs", step, timeout=60).stdout[-3000:])
     up = stack.compose("up", "-d", "--no-deps", *SERVICES)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
 
@@ -136,9 +155,27 @@ def test_compose_system_takes_an_order_over_the_published_port_and_notifies(stac
         assert probe.returncode == 0, probe
     up_seconds = time.monotonic() - started
 
-    # the operator command, in the image
-    seeded = pm.podman("exec", "{}_inventory_1".format(stack.project), "entrypoint", "seed", check=False)
+    # each service is connected as its own broker user, none as guest
+    def users():
+        connections = broker_grants.Management(MANAGEMENT, "guest", "guest").request(
+            "GET", "/api/vhosts/{}/connections".format(urllib.parse.quote(stack.vhost, safe="")))
+        return {connection["user"] for connection in connections}
+    own = {broker_grants.user_name(service, stack.prefix) for service in SERVICES}
+    eventually(lambda: own <= users(), timeout=30, interval=1, message="connections as the services' own users")
+    assert "guest" not in users()
+    # the operator command, in the image, with the operator's broker user: a service's
+    # own user may not write the catalogue
+    refused = pm.podman("exec", "{}_inventory_1".format(stack.project), "entrypoint", "seed", check=False)
+    assert refused.returncode != 0, refused
+    seeded = pm.podman("exec", "-e", "AMQP_URI=" + stack.uris[broker_grants.OPERATOR],
+                       "{}_inventory_1".format(stack.project), "entrypoint", "seed", check=False)
     assert seeded.returncode == 0, seeded
+    # the catalogue's writes: inventory's admin API, admin tokens only
+    restocked = requests.post(stack.admin_url + "/products/WIDGET-1/restock", json={"quantity": 5},
+                              headers=ADMIN, timeout=10)
+    assert restocked.status_code == 200, restocked.text
+    assert requests.post(stack.admin_url + "/products/WIDGET-1/restock", json={"quantity": 5},
+                         headers=CUSTOMER, timeout=10).status_code == 403
 
     def place():  # 400 (unknown sku) until orders has its copy of the catalogue
         response = requests.post(stack.url + "/orders", headers=CUSTOMER, timeout=10, json={

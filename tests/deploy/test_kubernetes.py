@@ -62,7 +62,8 @@ def test_each_service_has_a_probed_deployment_with_resources_and_graceful_termin
         assert container["args"] == [name]
         assert container["livenessProbe"]["httpGet"]["path"] == "/health"
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-        assert [p["containerPort"] for p in container["ports"]] == [port]
+        # inventory also serves its admin API (catalogue writes)
+        assert [p["containerPort"] for p in container["ports"]] == [port] + ([8001] if name == "inventory" else [])
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
         assert {"cpu", "memory"} <= set(container["resources"]["limits"])
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -71,16 +72,31 @@ def test_each_service_has_a_probed_deployment_with_resources_and_graceful_termin
         assert {key for key in env if key.endswith("_DB_URI")} == {name.upper() + "_DB_URI"}
         assert env[name.upper() + "_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert "$(AMQP_HOST)" in env["AMQP_URI"]["value"]
+        # its own broker user, with its own password from the Secret (deploy/rabbitmq/definitions.json)
+        assert env["AMQP_URI"]["value"].startswith("amqp://{}:$({}_BROKER_PASSWORD)@".format(name, name.upper()))
+        assert env[name.upper() + "_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == \
+            name.upper() + "_BROKER_PASSWORD"
+        assert not [key for key in env if key.endswith("_BROKER_PASSWORD") and key != name.upper() + "_BROKER_PASSWORD"]
         assert container["envFrom"][0]["configMapRef"]["name"] in by_kind(objects, "ConfigMap")
 
 
 def test_http_service_migration_jobs_and_disruption_budgets(rendered):
     overlay, objects = rendered
-    [service] = by_kind(objects, "Service").values()
-    assert service["metadata"]["name"] == "orders"
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    services = by_kind(objects, "Service")
+    assert set(services) == {"orders", "inventory-admin"}
+    assert services["orders"]["spec"]["ports"][0]["targetPort"] == "http"
+    # inventory's admin API: inside the cluster only
+    admin = services["inventory-admin"]["spec"]
+    assert admin["type"] == "ClusterIP" and admin["ports"][0]["targetPort"] == "admin"
+    assert admin["selector"] == {"app.kubernetes.io/name": "inventory"}
     jobs = by_kind(objects, "Job")
-    assert set(jobs) == {"migrate-" + name for name in SERVICES}
+    # development creates the broker users itself; production loads deploy/rabbitmq/definitions.json
+    assert set(jobs) == {"migrate-" + name for name in SERVICES} | (
+        {"broker-users"} if overlay == "development" else set())
+    if overlay == "development":
+        [container] = jobs["broker-users"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["broker-users"]
+        assert not [item for item in container["env"] if item["name"].endswith("_DB_PASSWORD")]
     for name in SERVICES:
         [container] = jobs["migrate-" + name]["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["migrate", name]

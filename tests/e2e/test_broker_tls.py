@@ -1,10 +1,10 @@
 """TLS to the broker: amqps:// with a CA file and a client certificate (AMQP_SSL).
 
-A private RabbitMQ node (tests/broker.py) listens for TLS with a server
+A private RabbitMQ node (tests/support/broker.py) listens for TLS with a server
 certificate from a CA this test makes, and requires a client certificate
 from the same CA. Every connection the services open goes over it: nameko's
 consumers and RPC, the outbox, retries and health checks
-(services.common.brokers.ssl_options).
+(services.common.messaging.brokers.ssl_options).
 """
 import datetime
 import ipaddress
@@ -22,9 +22,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.inventory.service import InventoryService
 from services.orders.service import OrdersService
-from tests import tokens
-from tests.broker import PrivateBroker
-from tests.helpers import eventually
+from tests.support import eventually, tokens
+from tests.support.broker import PrivateBroker
 
 
 def _write(path, data):

@@ -1,6 +1,6 @@
 """The services on a three-node RabbitMQ cluster with quorum queues, losing a node (issue 14).
 
-One cluster of the module's own (tests/cluster.py), booted once for the
+One cluster of the module's own (tests/support/cluster.py), booted once for the
 module's tests; each test gets its own vhost on it and a fresh system of
 real ``nameko run`` processes, configured with ``QUEUE_TYPE=quorum`` and an
 ``AMQP_URI`` that lists the three nodes (kombu's failover list). Orders
@@ -17,9 +17,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.cluster import RabbitCluster
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
-from tests.helpers import eventually
+from tests.support import eventually
+from tests.support.cluster import RabbitCluster
 
 pytestmark = pytest.mark.slow
 
@@ -133,17 +132,15 @@ def report(capsys, text_):
 
 
 def test_losing_the_leader_of_order_created_and_getting_it_back_loses_nothing(
-        system, cluster, vhost, capsys):
-    databases = Databases(system.config)
-    clock = ConfirmationClock(databases).start()
+        fault_run, cluster, vhost, capsys):
+    run = fault_run()
+    system = run.system
+    clock = ConfirmationClock(run.databases).start()
     try:
-        system.start()
-        system.create_products(*SKUS)
         queues = cluster.queues(vhost)
         assert queues[ORDER_CREATED]["type"] == "quorum"
         assert len(queues[ORDER_CREATED]["members"]) == 3
-        stream = OrderStream(system, rate=20).start()
-        try:
+        with run.streaming(rate=20) as stream:
             stream.accepted_after(20)
             streaming_at = time.monotonic()  # for the pauses of a quiet run, to compare
             stream.accepted_after(60)
@@ -157,11 +154,9 @@ def test_losing_the_leader_of_order_created_and_getting_it_back_loses_nothing(
             leader.start()
             back_at = time.monotonic()  # booted again and taking logins
             confirmations_resume(clock, back_at)
-        finally:
-            stream.stop()
         assert_services_alive(system)  # the processes started before the loss, never restarted
         assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
-        assert_everything_settled(stream, databases, timeout=60)
+        run.assert_everything_settled(timeout=60)
         assert cluster.dead_letters(vhost) == {}
         logs = system.logs(tail=10 ** 6)
         assert cluster.password not in logs, "a broker password reached the services' logs"
@@ -175,27 +170,22 @@ def test_losing_the_leader_of_order_created_and_getting_it_back_loses_nothing(
                    len(stream.accepted), logs.count("already handled; skipped")))
     finally:
         clock.stop()
-        databases.close()
 
 
-def test_one_node_down_for_the_whole_run_the_system_keeps_confirming(system, cluster, vhost, capsys):
+def test_one_node_down_for_the_whole_run_the_system_keeps_confirming(fault_run, cluster, vhost, capsys):
     # the first node of AMQP_URI: every connection the services open tries it first
     down = cluster.nodes[0]
     down.stop()
-    databases = Databases(system.config)
-    clock = ConfirmationClock(databases).start()
+    run = fault_run()  # declares its quorum queues with one member down
+    system = run.system
+    clock = ConfirmationClock(run.databases).start()
     try:
-        system.start()  # declares its quorum queues with one member down
-        system.create_products(*SKUS)
-        stream = OrderStream(system, rate=20).start()
-        started_at = time.monotonic()
-        try:
+        with run.streaming(rate=20) as stream:
+            started_at = time.monotonic()
             stream.accepted_after(60)
-        finally:
-            stream.stop()
         assert_services_alive(system)
         assert set(stream.outcomes) == {202}, (stream.outcomes, stream.bad_bodies[:3])
-        assert_everything_settled(stream, databases, timeout=60)
+        run.assert_everything_settled(timeout=60)
         assert cluster.dead_letters(vhost) == {}
         ready(system)
         queue = cluster.queues(vhost)[ORDER_CREATED]
@@ -206,17 +196,14 @@ def test_one_node_down_for_the_whole_run_the_system_keeps_confirming(system, clu
             down.node, len(stream.accepted), clock.longest_pause(started_at, time.monotonic())))
     finally:
         clock.stop()
-        databases.close()
 
 
-def test_services_killed_while_a_node_is_down_lose_nothing(system, cluster, vhost, capsys):
-    databases = Databases(system.config)
-    clock = ConfirmationClock(databases).start()
+def test_services_killed_while_a_node_is_down_lose_nothing(fault_run, cluster, vhost, capsys):
+    run = fault_run()
+    system = run.system
+    clock = ConfirmationClock(run.databases).start()
     try:
-        system.start()
-        system.create_products(*SKUS)
-        stream = OrderStream(system, rate=20).start()
-        try:
+        with run.streaming(rate=20) as stream:
             stream.accepted_after(20)
             leader = cluster.leader_of(vhost, ORDER_CREATED)
             leader.stop()
@@ -233,15 +220,12 @@ def test_services_killed_while_a_node_is_down_lose_nothing(system, cluster, vhos
             confirmations_resume(clock, restarted_at)
             leader.start()
             stream.accepted_after(len(stream.accepted) + 20)
-        finally:
-            stream.stop()
         assert set(stream.outcomes) <= {202, "ConnectionError"}, (stream.outcomes, stream.bad_bodies[:3])
         assert stream.outcomes["ConnectionError"] > 0, "orders was not killed mid-stream"
-        assert_everything_settled(stream, databases, timeout=60)
+        run.assert_everything_settled(timeout=60)
         assert cluster.dead_letters(vhost) == {}
         assert_services_alive(system)
         report(capsys, "cluster: inventory and orders killed while {} was down; {} orders accepted, all settled".format(
             leader.node, len(stream.accepted)))
     finally:
         clock.stop()
-        databases.close()

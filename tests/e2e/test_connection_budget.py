@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from tests.conftest import PG_ADMIN_DSN
-from tests.e2e.faults import make_system
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
+from tests.support.faults import make_system
 
 MAX_WORKERS, HTTP_MAX_CONCURRENCY, NOTIFY_CONCURRENCY = 3, 4, 3
 OPS_SLOTS = 4  # HttpLimits.OPS_CONCURRENCY: /health, /ready, /metrics, /openapi.json

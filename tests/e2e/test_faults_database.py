@@ -1,7 +1,7 @@
 """PostgreSQL becomes unreachable for a few seconds while orders stream in.
 
 The database server is shared with other test runs, so the outage is staged
-with a TCP proxy between the services and PostgreSQL (tests/proxy.py):
+with a TCP proxy between the services and PostgreSQL (tests/support/proxy.py):
 cutting it drops every pooled connection and refuses new ones.
 Clients get a clear JSON 503 (never a 500 or a traceback), nothing is half
 written, and the system recovers without a restart: events that could not
@@ -11,41 +11,57 @@ import time
 
 import pytest
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled, make_system
-from tests.proxy import proxied as proxied_uri
+from tests.support.proxy import proxied as proxied_uri
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])
-def test_a_database_outage_gives_clean_503s_and_heals_without_a_restart(service_config, tmp_path):
+@pytest.fixture(scope="module")
+def config(module_service_config):
+    return module_service_config("postgresql")
+
+
+@pytest.fixture(scope="module")
+def database_proxies(config):
+    """A cuttable proxy in front of each service's database, and the DB_URIS through them
+    (stopped after the services)."""
     proxies, proxied = [], {}
-    for key, uri in service_config["DB_URIS"].items():
+    for key, uri in config["DB_URIS"].items():
         proxy, proxied[key] = proxied_uri(uri, 5432)
         proxies.append(proxy)
+    yield proxies, proxied
+    for proxy in proxies:
+        proxy.stop()
+
+
+# The outage, once for the module on PostgreSQL; each test below checks one thing that
+# holds after it.
+
+@pytest.fixture(scope="module")
+def outage(database_proxies, config, module_fault_run):
+    proxies, proxied = database_proxies
     # the checks read the databases directly, not through the proxies
-    databases = Databases(service_config)
-    system = make_system(service_config, tmp_path, DB_URIS=proxied)
-    try:
-        system.start()
-        system.create_products(*SKUS)
-        stream = OrderStream(system, rate=20).start()
-        try:
-            stream.accepted_after(20)
-            for proxy in proxies:
-                proxy.cut()
-            time.sleep(3)
-            for proxy in proxies:
-                proxy.restore()
-            stream.accepted_after(len(stream.accepted) + 30)
-        finally:
-            stream.stop()
-        assert set(stream.outcomes) <= {202, 503}, (stream.outcomes, stream.bad_bodies[:3])
-        assert stream.outcomes[503] > 0, "the outage was not felt"
-        for status, body in stream.bad_bodies:
-            assert body["error"] == "service_unavailable", body
-            assert "database" in body["message"]
-        assert_everything_settled(stream, databases, timeout=60)
-    finally:
-        system.stop_all()
-        databases.close()
+    run = module_fault_run(config, DB_URIS=proxied)
+    with run.streaming(rate=20) as stream:
+        stream.accepted_after(20)
         for proxy in proxies:
-            proxy.stop()
+            proxy.cut()
+        time.sleep(3)
+        for proxy in proxies:
+            proxy.restore()
+        stream.accepted_after(len(stream.accepted) + 30)
+    return run
+
+
+def test_clients_get_accepted_or_a_503_never_anything_else(outage):
+    stream = outage.stream
+    assert set(stream.outcomes) <= {202, 503}, (stream.outcomes, stream.bad_bodies[:3])
+    assert stream.outcomes[503] > 0, "the outage was not felt"
+
+
+def test_each_503_names_the_database_in_a_json_error(outage):
+    for status, body in outage.stream.bad_bodies:
+        assert body["error"] == "service_unavailable", body
+        assert "database" in body["message"]
+
+
+def test_every_accepted_order_settles_once_without_a_restart(outage):
+    outage.assert_everything_settled(timeout=60)

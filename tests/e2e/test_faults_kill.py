@@ -3,15 +3,16 @@ every accepted order still reaches its final state, no event is lost or
 applied twice, and stock is conserved."""
 import time
 
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
+import pytest
 
 
-def test_inventory_then_orders_killed_mid_stream_lose_nothing(system):
-    system.start()
-    system.create_products(*SKUS)
-    databases = Databases(system.config)
-    stream = OrderStream(system, rate=25).start()
-    try:
+# The kills, once for the module; each test below checks one thing that holds after them.
+
+@pytest.fixture(scope="module")
+def killed(module_fault_run):
+    run = module_fault_run()
+    system = run.system
+    with run.streaming(rate=25) as stream:
         stream.accepted_after(20)
         system.kill("inventory")  # mid-transaction, unacked deliveries, unpublished outbox rows
         time.sleep(1.0)
@@ -21,12 +22,14 @@ def test_inventory_then_orders_killed_mid_stream_lose_nothing(system):
         time.sleep(0.5)
         system.start("orders")
         stream.accepted_after(len(stream.accepted) + 20)
-    finally:
-        stream.stop()
-    try:
-        # while orders was down clients saw refused or reset connections, never a 5xx body
-        assert set(stream.outcomes) <= {202, "ConnectionError"}, stream.outcomes
-        assert stream.outcomes["ConnectionError"] > 0, "orders was not killed mid-stream"
-        assert_everything_settled(stream, databases)
-    finally:
-        databases.close()
+    return run
+
+
+def test_clients_see_refused_connections_while_orders_is_down_never_an_error_body(killed):
+    outcomes = killed.stream.outcomes
+    assert set(outcomes) <= {202, "ConnectionError"}, outcomes
+    assert outcomes["ConnectionError"] > 0, "orders was not killed mid-stream"
+
+
+def test_every_accepted_order_settles_once(killed):
+    killed.assert_everything_settled()

@@ -2,10 +2,10 @@
 crash nor stall them: each ends in the service's dead-letter queue, the
 undecodable ones (bad JSON, a content type nobody accepts) included, which
 kombu alone would have acked and dropped; orders keep flowing past them."""
+import pytest
 from kombu import Connection
 
-from services.common.deadletters import list_dead_letters
-from tests.e2e.faults import SKUS, Databases, OrderStream, assert_everything_settled
+from services.common.messaging.deadletters import list_dead_letters
 
 QUEUES = {
     "inventory": "evt-orders-order_created--inventory.reserve_stock",
@@ -35,25 +35,35 @@ def publish_garbage(amqp_uri):
                                  retry=True)
 
 
-def test_garbage_on_every_queue_is_dead_lettered_and_orders_keep_flowing(system):
-    system.start()
-    system.create_products(*SKUS)
-    databases = Databases(system.config)
-    stream = OrderStream(system, rate=20).start()
-    try:
+# The garbage published once for the module, orders streaming; each test below checks
+# one thing that holds after it.
+
+@pytest.fixture(scope="module")
+def garbage(module_fault_run):
+    run = module_fault_run()
+    with run.streaming(rate=20) as stream:
         stream.accepted_after(10)
-        publish_garbage(system.config["AMQP_URI"])
+        publish_garbage(run.system.config["AMQP_URI"])
         stream.accepted_after(len(stream.accepted) + 30)
-    finally:
-        stream.stop()
-    try:
-        assert set(stream.outcomes) == {202}, stream.outcomes
-        assert_everything_settled(stream, databases)
-        for (service, _), process in system.processes.items():
-            assert process.poll() is None, "{} died".format(service)
-        for service in QUEUES:
-            letters = list_dead_letters(system.config["AMQP_URI"], service, limit=50)
-            assert len(letters) == len(GARBAGE), (service, [letter["error_message"] for letter in letters])
-            assert all(letter["original_queue"] == QUEUES[service] for letter in letters)
-    finally:
-        databases.close()
+    return run
+
+
+def test_every_order_is_still_accepted(garbage):
+    assert set(garbage.stream.outcomes) == {202}, garbage.stream.outcomes
+
+
+def test_every_accepted_order_still_settles(garbage):
+    garbage.assert_everything_settled()
+
+
+def test_no_service_dies_of_it(garbage):
+    for (service, _), process in garbage.system.processes.items():
+        assert process.poll() is None, "{} died".format(service)
+
+
+def test_each_malformed_message_ends_in_its_services_dead_letters(garbage):
+    garbage.assert_everything_settled()  # everything that was going to be handled has been
+    for service in QUEUES:
+        letters = list_dead_letters(garbage.system.config["AMQP_URI"], service, limit=50)
+        assert len(letters) == len(GARBAGE), (service, [letter["error_message"] for letter in letters])
+        assert all(letter["original_queue"] == QUEUES[service] for letter in letters)

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import requests
 
-from tests.helpers import eventually, free_port
-from tests.system import System
+from tests.support import eventually, free_port
+from tests.support.system import System
 
 EMAIL = "dora.deploy@example.com"
 

@@ -6,7 +6,7 @@ import uuid
 import pytest
 import requests
 
-from tests import tokens
+from tests.support import tokens
 
 # an operator may place orders for any customer_email the test bodies name
 ADMIN = tokens.admin()

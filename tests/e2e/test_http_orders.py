@@ -8,8 +8,7 @@ import uuid
 import pytest
 import requests
 
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 @pytest.fixture

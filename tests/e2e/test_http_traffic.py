@@ -18,10 +18,9 @@ import pytest
 import requests
 from nameko.standalone.events import event_dispatcher
 
-from services.common.events import new_event
-from tests import tokens
-from tests.helpers import eventually
-from tests.system import System
+from services.common.messaging.events import new_event
+from tests.support import eventually, tokens
+from tests.support.system import System
 
 READ_TIMEOUT = 2
 SLOW_CLIENTS = 50

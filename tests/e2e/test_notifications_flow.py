@@ -1,22 +1,26 @@
 """Notifications in the whole system: real processes, a real SMTP server and
 a real webhook provider on loopback."""
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, smtp_settings
+from tests.support import eventually, free_port
+from tests.support.notifications_fakes import FAST_DELIVERY, SmtpSink, WebhookSink, smtp_settings
 
 
+def with_channels(config, smtp, provider):
+    """``config`` delivering by email to ``smtp`` and by SMS and push webhooks to ``provider``."""
+    config.update(FAST_DELIVERY)
+    config.update(smtp_settings(smtp.port))
+    config.update(SMS_WEBHOOK_URL=provider.url("/sms"), PUSH_WEBHOOK_URL=provider.url("/push"),
+                  WEBHOOK_AUTH_HEADER="X-Api-Key: e2e-key")
+    return config
 
 
 @pytest.fixture
 def configured(service_config, smtp, provider):
-    service_config.update(FAST_DELIVERY)
-    service_config.update(smtp_settings(smtp.port))
-    service_config.update(SMS_WEBHOOK_URL=provider.url("/sms"), PUSH_WEBHOOK_URL=provider.url("/push"),
-                          WEBHOOK_AUTH_HEADER="X-Api-Key: e2e-key")
-    return service_config
+    return with_channels(service_config, smtp, provider)
 
 
 def settled(system, order_id):
@@ -24,7 +28,29 @@ def settled(system, order_id):
     return order if order["status"] != "pending" else None
 
 
-def test_a_confirmed_order_reaches_the_customer_by_email_sms_and_push(configured, system, smtp, provider):
+# A customer who chose email, SMS and push places an order, which is confirmed, then
+# cancels it; each test below checks one thing that reaches the customer.
+
+@pytest.fixture(scope="module")
+def module_smtp(tmp_path_factory):
+    """The ``smtp`` fixture's server, for the module's scenario (stopped after its system)."""
+    sink = SmtpSink(tmp_path_factory.mktemp("smtp"), free_port())
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def module_provider():
+    """The ``provider`` fixture's server, for the module's scenario (stopped after its system)."""
+    sink = WebhookSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def notified(module_smtp, module_provider, module_service_config, module_system):
+    smtp, provider = module_smtp, module_provider
+    system = module_system(with_channels(module_service_config(), smtp, provider))
     smtp.start()
     system.start()
     system.create_products(("NTF-1", "Teapot", 2400, 10), ("NTF-2", "Cup", 350, 10))
@@ -35,19 +61,9 @@ def test_a_confirmed_order_reaches_the_customer_by_email_sms_and_push(configured
     response = system.place_order("ivy@example.com", [("NTF-1", 1), ("NTF-2", 4)])
     assert response.status_code == 202, response.text
     order = eventually(lambda: settled(system, response.json()["id"]), message="order settled")
-    assert order["status"] == "confirmed"
-
     [mail] = eventually(lambda: smtp.to("ivy@example.com"), message="email received")
-    assert mail.subject == "Your order {} is confirmed".format(order["id"][:8])
-    text = mail.text()
-    assert "1 x Teapot (NTF-1) at 24.00 = 24.00" in text
-    assert "4 x Cup (NTF-2) at 3.50 = 14.00" in text
-    assert "Total: 38.00" in text
     [sms] = eventually(lambda: provider.posts("/sms"), message="sms webhook called")
-    assert sms["json"]["to"] == "+447700900200" and "total 38.00" in sms["json"]["text"]
-    assert sms["headers"]["X-Api-Key"] == "e2e-key"
     [push] = eventually(lambda: provider.posts("/push"), message="push webhook called")
-    assert push["json"]["device_token"] == "ivy-phone" and push["json"]["order_id"] == order["id"]
 
     def all_sent():
         with system.rpc() as rpc:
@@ -55,16 +71,46 @@ def test_a_confirmed_order_reaches_the_customer_by_email_sms_and_push(configured
         return found if len(found) == 3 and all(note["status"] == "sent" for note in found) else None
 
     notes = eventually(all_sent, message="all three sent")
-    assert sorted(note["channel"] for note in notes) == ["email", "push", "sms"]
-    assert {note["correlation_id"] for note in notes} == {response.headers["X-Request-ID"]}
 
-    # cancelling tells the customer again, once per channel
     with system.rpc() as rpc:
         rpc.orders.cancel_order(order["id"])
-    [_, mail] = eventually(lambda: len(smtp.to("ivy@example.com")) == 2 and smtp.to("ivy@example.com"),
-                           message="cancellation email")
-    assert mail.subject == "Your order {} is cancelled".format(order["id"][:8])
-    assert "Status: cancelled" in mail.text()
+    [_, cancelled] = eventually(lambda: len(smtp.to("ivy@example.com")) == 2 and smtp.to("ivy@example.com"),
+                                message="cancellation email")
+    return SimpleNamespace(response=response, order=order, mail=mail, sms=sms, push=push, notes=notes,
+                           cancelled=cancelled)
+
+
+def test_the_order_is_confirmed(notified):
+    assert notified.order["status"] == "confirmed"
+
+
+def test_the_confirmation_email_lists_each_line_and_the_total(notified):
+    assert notified.mail.subject == "Your order {} is confirmed".format(notified.order["id"][:8])
+    text = notified.mail.text()
+    assert "1 x Teapot (NTF-1) at 24.00 = 24.00" in text
+    assert "4 x Cup (NTF-2) at 3.50 = 14.00" in text
+    assert "Total: 38.00" in text
+
+
+def test_the_sms_provider_gets_the_total_with_the_configured_auth_header(notified):
+    assert notified.sms["json"]["to"] == "+447700900200" and "total 38.00" in notified.sms["json"]["text"]
+    assert notified.sms["headers"]["X-Api-Key"] == "e2e-key"
+
+
+def test_the_push_provider_gets_the_device_token_and_the_order(notified):
+    assert notified.push["json"]["device_token"] == "ivy-phone"
+    assert notified.push["json"]["order_id"] == notified.order["id"]
+
+
+def test_one_notification_per_channel_is_recorded_under_the_request_id(notified):
+    assert sorted(note["channel"] for note in notified.notes) == ["email", "push", "sms"]
+    assert {note["correlation_id"] for note in notified.notes} == {notified.response.headers["X-Request-ID"]}
+
+
+def test_cancelling_tells_the_customer_again(notified):
+    # once per channel: the second email is the cancellation
+    assert notified.cancelled.subject == "Your order {} is cancelled".format(notified.order["id"][:8])
+    assert "Status: cancelled" in notified.cancelled.text()
 
 
 def confirmation_times(system, email, count):

@@ -1,6 +1,6 @@
 """The whole system as real processes: an order placed over HTTP travels
 through inventory and notifications and comes back confirmed or rejected."""
-from tests.helpers import eventually
+from tests.support import eventually
 
 
 def final(system, order_id):

@@ -10,10 +10,10 @@ import pytest
 import requests
 from urllib.parse import quote
 
-from services.common import broker_grants
+from services.common.messaging import broker_grants
 
-from tests.system import ROOT
-from tests.helpers import eventually
+from tests.support import eventually
+from tests.support.system import ROOT
 
 
 def run_sh_env(system, tmp_path):
@@ -107,9 +107,13 @@ def test_run_sh_runs_seeds_once_and_stops_everything_on_sigterm(system, tmp_path
         assert requests.get(system.url("/orders"), timeout=10).status_code == 401
         admin = subprocess.run([os.path.join(ROOT, "run.sh"), "token", "--admin"], cwd=ROOT,
                                env=run_sh_env(system, tmp_path), capture_output=True, text=True, timeout=60)
-        restocked = requests.post(system.url("/products/GIZMO-1/restock"), json={"quantity": 1}, timeout=10,
+        # the catalogue's writes: inventory's own admin API, with the same tokens
+        restocked = requests.post(system.admin_url("/products/GIZMO-1/restock"), json={"quantity": 1}, timeout=10,
                                   headers={"Authorization": "Bearer " + admin.stdout.strip()})
         assert restocked.status_code == 200, restocked.text
+        refused = requests.post(system.admin_url("/products/GIZMO-1/restock"), json={"quantity": 1}, timeout=10,
+                                headers=auth)
+        assert refused.status_code == 403, refused.text
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(30)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.helpers import eventually
+from tests.support import eventually
 
 
 def statuses(system, order_ids):

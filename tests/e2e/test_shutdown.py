@@ -18,7 +18,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from scripts.wait_ready import wait_ready
 from services.common.shutdown import GracefulShutdown
-from tests.helpers import eventually
+from tests.support import eventually
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMEKO = os.path.join(os.path.dirname(sys.executable), "nameko")

@@ -10,11 +10,13 @@ import signal
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
+import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.helpers import eventually
+from tests.support import eventually
 
 STOCK = {"KILL-A": 150, "KILL-B": 90}
 
@@ -45,27 +47,32 @@ class OrderStream(threading.Thread):
             time.sleep(0.05)
 
 
-def test_orders_survive_services_being_stopped_and_killed_mid_stream(system):
+# Each service stopped or killed in turn while orders stream in, then every order left to
+# settle; each test below checks one thing that must hold afterwards.
+STEPS = [("inventory", signal.SIGTERM), ("notifications", signal.SIGKILL), ("orders", signal.SIGTERM),
+         ("inventory", signal.SIGKILL), ("orders", signal.SIGKILL)]
+
+
+@pytest.fixture(scope="module")
+def chaos(module_service_config, module_system):
+    system = module_system(module_service_config())
     system.start()
     system.create_products(*[(sku, sku, 100, stock) for sku, stock in STOCK.items()])
     stream = OrderStream(system)
     stream.start()
+    codes = []
     try:
-        for service, sig in [("inventory", signal.SIGTERM), ("notifications", signal.SIGKILL),
-                             ("orders", signal.SIGTERM), ("inventory", signal.SIGKILL),
-                             ("orders", signal.SIGKILL)]:
+        for service, sig in STEPS:
             time.sleep(0.7)
             # a graceful stop may take SHUTDOWN_TIMEOUT (20 s) by design; once in a CI run orders
             # took over 15 s with orders streaming in (cause not found), so wait past the bound
-            code = system.stop(service, sig=sig, timeout=30)
-            assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), (service, code)
+            codes.append((service, sig, system.stop(service, sig=sig, timeout=30)))
             time.sleep(0.3)  # orders keep coming (or being refused) while it is down
             system.start(service)
         time.sleep(0.7)
     finally:
         stream.running = False
         stream.join(10)
-    assert len(stream.accepted) > 20
 
     orders_db = create_engine(system.config["DB_URIS"]["orders:OrdersBase"])
 
@@ -75,33 +82,57 @@ def test_orders_survive_services_being_stopped_and_killed_mid_stream(system):
         return statuses if statuses and "pending" not in statuses.values() else None
 
     statuses = eventually(all_final, timeout=60, interval=0.5, message="every order final")
-    assert set(stream.accepted) <= set(statuses)
-    assert set(statuses.values()) <= {"confirmed", "rejected"}
-    assert "confirmed" in statuses.values() and "rejected" in statuses.values()
-
     with orders_db.connect() as connection:
         confirmed = dict(connection.execute(text(
             "SELECT l.sku, SUM(l.quantity) FROM order_lines l JOIN orders o ON o.id = l.order_id "
             "WHERE o.status = 'confirmed' GROUP BY l.sku")).all())
+    orders_db.dispose()
     with system.rpc() as proxy:
-        for sku, on_hand in STOCK.items():
-            stock = proxy.inventory.get_stock(sku)
-            assert stock["on_hand"] == on_hand
-            assert stock["on_hand"] == stock["available"] + stock["reserved"]
-            assert stock["reserved"] == confirmed.get(sku, 0), (sku, stock, confirmed)
+        stock = {sku: proxy.inventory.get_stock(sku) for sku in STOCK}
 
         def notified():
             notes = proxy.notifications.list_notifications(limit=1000)
             return notes if len(notes) >= len(statuses) else None
 
         notes = eventually(notified, timeout=30, message="a notification per order")
-    assert sorted(note["order_id"] for note in notes) == sorted(statuses)  # one each, none twice
-    assert all(note["event_type"] == "order_" + statuses[note["order_id"]] for note in notes)
-    orders_db.dispose()
     print("{} orders accepted, {} refused while orders was down; {}".format(
         len(stream.accepted), stream.refused, sorted(collections.Counter(statuses.values()).items())))
+    return SimpleNamespace(system=system, stream=stream, codes=codes, statuses=statuses, confirmed=confirmed,
+                           stock=stock, notes=notes)
 
-    # all three at once, as a host shutting down would: each exits cleanly
+
+def test_sigterm_stops_a_service_cleanly_and_sigkill_kills_it_mid_stream(chaos):
+    for service, sig, code in chaos.codes:
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), (service, code)
+
+
+def test_orders_are_taken_throughout(chaos):
+    assert len(chaos.stream.accepted) > 20
+
+
+def test_every_accepted_order_ends_confirmed_or_rejected(chaos):
+    assert set(chaos.stream.accepted) <= set(chaos.statuses)
+    assert set(chaos.statuses.values()) <= {"confirmed", "rejected"}
+    assert "confirmed" in chaos.statuses.values() and "rejected" in chaos.statuses.values()
+
+
+def test_stock_adds_up_to_what_confirmed_orders_hold(chaos):
+    for sku, on_hand in STOCK.items():
+        stock = chaos.stock[sku]
+        assert stock["on_hand"] == on_hand
+        assert stock["on_hand"] == stock["available"] + stock["reserved"]
+        assert stock["reserved"] == chaos.confirmed.get(sku, 0), (sku, stock, chaos.confirmed)
+
+
+def test_every_order_is_notified_once_of_how_it_ended(chaos):
+    statuses, notes = chaos.statuses, chaos.notes
+    assert sorted(note["order_id"] for note in notes) == sorted(statuses)  # one each, none twice
+    assert all(note["event_type"] == "order_" + statuses[note["order_id"]] for note in notes)
+
+
+def test_all_three_stopped_at_once_each_exit_cleanly(chaos):
+    # as a host shutting down would (last here: it stops the system)
+    system = chaos.system
     processes = [system.processes.pop(key) for key in list(system.processes)]
     for process in processes:
         process.send_signal(signal.SIGTERM)

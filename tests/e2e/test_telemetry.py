@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from sqlalchemy import text
 
-from tests.e2e.faults import Databases, make_system
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port
+from tests.support.faults import Databases, make_system
 
 EMAIL = "tracy.trace@example.com"
 
@@ -116,40 +116,67 @@ def settled_and_notified(system, order_id):
         return rpc.notifications.list_notifications(order_id=order_id, status="sent")
 
 
-def test_one_order_is_one_trace_from_http_through_inventory_to_notifications(
-        service_config, tmp_path, receiver):
-    system = make_system(service_config, tmp_path)
+# One order placed with a malformed traceparent and followed to its notification, its
+# spans collected; each test below checks one thing about its trace.
+
+@pytest.fixture(scope="module")
+def module_receiver():
+    """The ``receiver`` fixture's, for the module's scenario (stopped after its system)."""
+    running = OtlpReceiver()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def order_trace(module_receiver, module_service_config, module_system):
+    """The spans of the order's trace and its root (the POST /orders span)."""
+    receiver = module_receiver
+    system = module_system(module_service_config())
     system.env.update(telemetry_env(receiver))
-    try:
-        system.start()
-        system.create_products(("OTEL-1", "Lamp", 1999, 10))
-        # a malformed traceparent is ignored: the request starts a trace of its own
-        response = system.place_order(EMAIL, [("OTEL-1", 1)], headers={"traceparent": "00-not-a-trace-01"})
-        assert response.status_code == 202, response.text
-        order_id = response.json()["id"]
-        eventually(lambda: settled_and_notified(system, order_id), timeout=30, message="order notified")
+    system.start()
+    system.create_products(("OTEL-1", "Lamp", 1999, 10))
+    # a malformed traceparent is ignored: the request starts a trace of its own
+    response = system.place_order(EMAIL, [("OTEL-1", 1)], headers={"traceparent": "00-not-a-trace-01"})
+    assert response.status_code == 202, response.text
+    order_id = response.json()["id"]
+    eventually(lambda: settled_and_notified(system, order_id), timeout=30, message="order notified")
 
-        def placed():
-            return [span for span in receiver.spans
-                    if span["service"] == "orders" and span["name"] == "POST /orders"]
-        root = eventually(placed, message="the POST /orders span")[0]
-        assert root["parent_span_id"] == "", "a malformed traceparent must not become a parent"
+    def placed():
+        return [span for span in receiver.spans
+                if span["service"] == "orders" and span["name"] == "POST /orders"]
+    root = eventually(placed, message="the POST /orders span")[0]
 
-        def whole():
-            spans = receiver.trace(root["trace_id"])
-            names = {(span["service"], span["name"]) for span in spans}
-            return spans if {("notifications", "order_confirmed process"),
-                             ("orders", "order_confirmed publish")} <= names else None
-        spans = eventually(whole, timeout=20, message="notifications' span in the order's trace")
-    finally:
-        system.stop_all()
+    def whole():
+        spans = receiver.trace(root["trace_id"])
+        names = {(span["service"], span["name"]) for span in spans}
+        return spans if {("notifications", "order_confirmed process"),
+                         ("orders", "order_confirmed publish")} <= names else None
+    eventually(whole, timeout=20, message="notifications' span in the order's trace")
+    system.stop_all()
     time.sleep(0.5)  # anything flushed on shutdown
-    spans = receiver.trace(root["trace_id"])
+    return root, receiver.trace(root["trace_id"])
 
-    assert {span["service"] for span in spans} == {"orders", "inventory", "notifications"}
+
+def test_a_malformed_traceparent_starts_a_trace_of_its_own(order_trace):
+    root, spans = order_trace
+    assert root["parent_span_id"] == "", "a malformed traceparent must not become a parent"
     assert [span for span in spans if span["parent_span_id"] == ""] == [root]
+
+
+def test_the_three_services_add_their_spans_to_the_orders_trace_and_no_other(order_trace):
+    root, spans = order_trace
+    assert {span["service"] for span in spans} == {"orders", "inventory", "notifications"}
+    # no other order's spans leaked in, and no trace id in other traces
+    assert all(span["trace_id"] == root["trace_id"] for span in spans)
+
+
+def test_every_parent_is_a_span_of_the_trace(order_trace):
+    _, spans = order_trace
     assert_connected(spans)
-    # the causal chain, hop by hop
+
+
+def test_the_spans_follow_the_causal_chain_hop_by_hop(order_trace):
+    root, spans = order_trace
     created = by_name(spans, "orders", "order_created publish")
     reserve = by_name(spans, "inventory", "order_created process")
     reserved = by_name(spans, "inventory", "stock_reserved publish")
@@ -164,8 +191,6 @@ def test_one_order_is_one_trace_from_http_through_inventory_to_notifications(
     assert units[confirmed["parent_span_id"]]["parent_span_id"] == confirm["span_id"]
     assert notify["parent_span_id"] == confirmed["span_id"]
     assert {span["service"] for span in units.values()} == {"orders", "inventory", "notifications"}
-    # no other order's spans leaked in, and no trace id in other traces
-    assert all(span["trace_id"] == root["trace_id"] for span in spans)
 
 
 def test_an_event_relayed_after_a_restart_joins_the_trace_that_wrote_it(

@@ -11,9 +11,9 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from services.common.db import make_engine
-from services.common.events import utcnow
-from tests.helpers import eventually, free_port
+from services.common.db.database import make_engine
+from services.common.messaging.events import utcnow
+from tests.support import eventually, free_port
 
 ORDER_CREATED_QUEUE = "evt-orders-order_created--inventory.reserve_stock"
 

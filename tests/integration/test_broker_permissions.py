@@ -1,26 +1,31 @@
-"""Each service on the real broker as its own user (services/common/broker_grants.py).
+"""Each service on the real broker as its own user (services/common/messaging/broker_grants.py).
 
 The users are created on the test's vhost through the management API, with
-the grants production gets (catalogue writes not granted to orders); the
-services run in-process, each container with its own AMQP_URI.
+the grants production gets; the services run in-process, each container
+with its own AMQP_URI.
 """
+import json
 import secrets
+import time
 import urllib.parse
+import uuid
 
 import amqp
 import pytest
 import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from services.common import broker_grants
+from services.common.messaging import broker_grants
+from services.common.messaging.events import new_event
+from services.inventory import handlers as inventory_handlers
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 SERVICES = {"orders": OrdersService, "inventory": InventoryService, "notifications": NotificationsService}
 MANAGEMENT = "http://127.0.0.1:15672"
+INVENTORY_QUEUE = "evt-orders-order_created--inventory.reserve_stock"
 
 
 @pytest.fixture
@@ -55,6 +60,11 @@ def services(broker_users, container_factory):
 def operator(broker_users):
     with ClusterRpcProxy(broker_users[broker_grants.OPERATOR], timeout=10) as proxy:
         yield proxy
+
+
+# an order_created for P-1 as orders would publish it: if it ever reached inventory, stock would be reserved
+FORGED_ORDER = new_event("orders", "order_created", {"order_id": str(uuid.uuid4()),
+                                                     "lines": [{"sku": "P-1", "quantity": 1}]})
 
 
 def raw_channel(config):
@@ -95,28 +105,64 @@ def test_the_order_saga_runs_end_to_end_with_a_user_per_service(services, operat
     assert "guest" not in users()
 
 
-def test_orders_calling_restock_or_create_product_is_refused_by_the_broker_and_nothing_changes(
+def admin_url(config, path):
+    return "http://{}{}".format(config["INVENTORY_WEB_SERVER_ADDRESS"], path)
+
+
+def test_catalogue_writes_go_to_inventory_s_admin_api_and_orders_needs_no_write_rights(
         services, operator, broker_users):
-    config = broker_users["orders"]
-    operator.inventory.create_product("P-1", "Pen", 150, 5)
+    """Orders' user may not call inventory's writes; an admin writes the catalogue on inventory's own API."""
     admin = tokens.admin()
-    restock = requests.post(url(config, "/products/P-1/restock"), json={"quantity": 100}, headers=admin, timeout=10)
-    assert restock.status_code == 403, restock.text
-    assert restock.json()["error"] == "forbidden"
-    assert restock.json()["details"] == {"service": "inventory", "method": "restock"}
-    create = requests.post(url(config, "/products"), headers=admin, timeout=10,
-                           json={"sku": "P-2", "name": "Pad", "price": 10, "stock": 1})
-    assert create.status_code == 403, create.text
-    assert operator.inventory.get_stock("P-1")["on_hand"] == 5
-    assert [product["sku"] for product in operator.inventory.list_products()] == ["P-1"]
-    # orders keeps working: its allowed calls still go through, the saga still runs
-    assert requests.get(url(config, "/products/P-1"), timeout=10).status_code == 200
-    placed = requests.post(url(config, "/orders"), headers=tokens.customer("ann@example.com"), timeout=10,
-                           json={"lines": [{"sku": "P-1", "quantity": 1}]})
+    created = requests.post(admin_url(broker_users["inventory"], "/products"), headers=admin, timeout=10,
+                            json={"sku": "P-1", "name": "Pen", "price": 150, "stock": 5})
+    assert created.status_code == 201, created.text
+    restocked = requests.post(admin_url(broker_users["inventory"], "/products/P-1/restock"),
+                              json={"quantity": 100}, headers=admin, timeout=10)
+    assert (restocked.status_code, restocked.json()["on_hand"]) == (200, 105), restocked.text
+    # a customer's token is not enough, and orders' API has no catalogue writes at all
+    refused = requests.post(admin_url(broker_users["inventory"], "/products/P-1/restock"), json={"quantity": 1},
+                            headers=tokens.customer("ann@example.com"), timeout=10)
+    assert (refused.status_code, refused.json()["error"]) == (403, "insufficient_scope")
+    assert requests.post(url(broker_users["orders"], "/products"), headers=admin, timeout=10,
+                         json={"sku": "P-2", "name": "Pad", "price": 10}).status_code == 405
+    # orders learns of the product by event, and sells it
+    eventually(lambda: "P-1" in {item["sku"] for item in operator.orders.list_catalogue()}, message="catalogue")
+    assert requests.get(url(broker_users["orders"], "/products/P-1"), timeout=10).json()["on_hand"] == 105
+    placed = requests.post(url(broker_users["orders"], "/orders"), headers=tokens.customer("ann@example.com"),
+                           timeout=10, json={"lines": [{"sku": "P-1", "quantity": 1}]})
     assert placed.status_code == 202, placed.text
     eventually(lambda: operator.orders.get_order(placed.json()["id"])["status"] == "confirmed", message="confirmed")
+    # orders' own broker user calling restock is refused by the broker, and nothing changes
+    connection = raw_channel(broker_users["orders"])
+    try:
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            connection.channel().basic_publish(amqp.Message('{"args": ["P-1", 100], "kwargs": {}}'),
+                                               exchange="nameko-rpc", routing_key="inventory.restock")
+    finally:
+        connection.close()
+    assert operator.inventory.get_stock("P-1")["on_hand"] == 105
     # the operator may do what orders may not
-    assert operator.inventory.restock("P-1", 3)["on_hand"] == 8
+    assert operator.inventory.restock("P-1", 3)["on_hand"] == 108
+
+
+def test_other_services_may_not_call_orders_rpc_methods(services, operator, broker_users):
+    """Orders' RPC methods (create, cancel, read any order) have no customer checks: only the operator calls them."""
+    operator.inventory.create_product("P-1", "Pen", 150, 5)
+    eventually(lambda: "P-1" in {item["sku"] for item in operator.orders.list_catalogue()}, message="catalogue")
+    order = operator.orders.create_order("ann@example.com", [{"sku": "P-1", "quantity": 1}])
+    for role in ("inventory", "notifications"):
+        connection = raw_channel(broker_users[role])
+        try:
+            for method in ("orders.cancel_order", "orders.create_order", "orders.get_order", "orders.list_orders",
+                           "orders.replay_dead_letters", "orders.sync_catalogue"):
+                with pytest.raises(amqp.exceptions.AccessRefused):
+                    connection.channel().basic_publish(
+                        amqp.Message(json.dumps({"args": [order["id"]], "kwargs": {}})),
+                        exchange="nameko-rpc", routing_key=method)
+        finally:
+            connection.close()
+    assert operator.orders.get_order(order["id"])["status"] in ("pending", "confirmed")
+    assert operator.orders.cancel_order(order["id"])["status"] == "cancelled"
 
 
 def test_a_service_user_cannot_forge_events_call_admin_methods_or_consume_others_queues(
@@ -141,6 +187,30 @@ def test_a_service_user_cannot_forge_events_call_admin_methods_or_consume_others
                        "inventory.replay_dead_letters"):
             attempt(lambda channel, key=method: channel.basic_publish(
                 amqp.Message("{}"), exchange="nameko-rpc", routing_key=key))
+        # straight into inventory's event queue, past the topic permissions: by the default
+        # exchange (routing by queue name), by inventory's redelivery exchange (its retries and
+        # dead letters), by binding inventory's queue to orders' own redelivery exchange
+        forged = amqp.Message(json.dumps(FORGED_ORDER), content_type="application/json")
+        attempt(lambda channel: channel.basic_publish(forged, exchange="", routing_key=INVENTORY_QUEUE))
+        attempt(lambda channel: channel.basic_publish(forged, exchange="amq.default", routing_key=INVENTORY_QUEUE))
+        attempt(lambda channel: channel.basic_publish(forged, exchange="inventory.redelivery",
+                                                      routing_key=INVENTORY_QUEUE))
+        attempt(lambda channel: channel.queue_bind(INVENTORY_QUEUE, "orders.redelivery", INVENTORY_QUEUE))
+        attempt(lambda channel: channel.exchange_declare("inventory.redelivery", "direct", durable=True))
+        # ... or by a queue of its own that dead-letters into inventory's queue
+        own = "rpc.reply-orders-{}".format(uuid.uuid4())  # a name orders may declare
+        for exchange in ("", "inventory.redelivery"):
+            attempt(lambda channel, exchange=exchange: channel.queue_declare(own, auto_delete=True, arguments={
+                "x-dead-letter-exchange": exchange, "x-dead-letter-routing-key": INVENTORY_QUEUE}))
+        # a queue that dead-letters through orders' own redelivery exchange may be declared, but
+        # that exchange reaches orders' queues only: what it dead-letters goes nowhere
+        channel = connection.channel()
+        channel.queue_declare(own, auto_delete=True, arguments={
+            "x-dead-letter-exchange": "orders.redelivery", "x-dead-letter-routing-key": INVENTORY_QUEUE})
+        channel.queue_bind(own, "orders.redelivery", own)
+        channel.basic_publish(amqp.Message(json.dumps(FORGED_ORDER), expiration="0"), exchange="orders.redelivery",
+                              routing_key=own)
+        channel.basic_publish(forged, exchange="orders.redelivery", routing_key=INVENTORY_QUEUE)
         # another service's queues
         attempt(lambda channel: channel.basic_consume("evt-orders-order_created--inventory.reserve_stock"))
         attempt(lambda channel: channel.basic_consume("rpc-inventory"))
@@ -160,6 +230,42 @@ def test_a_service_user_cannot_forge_events_call_admin_methods_or_consume_others
     eventually(lambda: management.request("GET", path).get("consumers", 0) >= 1, timeout=15,
                message="inventory consuming")
     assert management.request("GET", path).get("messages", 0) == 0
+    time.sleep(1)  # anything that did get through would have been handled by now
+    with ClusterRpcProxy(broker_users[broker_grants.OPERATOR], timeout=10) as operator:
+        assert operator.inventory.get_reservation(FORGED_ORDER["data"]["order_id"]) is None
+        # (the order_cancelled "{}" orders may publish is parked by release_stock; nothing of reserve_stock's)
+        assert INVENTORY_QUEUE not in {letter["original_queue"] for letter in operator.inventory.list_dead_letters()}
+
+
+def test_retries_and_dead_letters_work_under_the_service_s_own_user(services, operator, broker_users, monkeypatch):
+    """Through inventory's redelivery exchange: a failed attempt is retried, a malformed event parked and replayed."""
+    operator.inventory.create_product("P-1", "Pen", 150, 5)
+    real, failures = inventory_handlers.reserve_stock, []
+
+    def fails_once(uow, order_id, lines):
+        if not failures:
+            failures.append(order_id)
+            raise RuntimeError("a passing failure")
+        return real(uow, order_id, lines)
+    monkeypatch.setattr(inventory_handlers, "reserve_stock", fails_once)
+    connection = raw_channel(broker_users[broker_grants.OPERATOR])
+    try:
+        channel = connection.channel()
+        channel.basic_publish(amqp.Message(json.dumps(FORGED_ORDER), content_type="application/json"),
+                              exchange="orders.events", routing_key="order_created")
+        order_id = FORGED_ORDER["data"]["order_id"]
+        reservation = eventually(lambda: operator.inventory.get_reservation(order_id), message="retried")
+        assert failures == [order_id] and reservation["status"] == "reserved"
+        # a malformed event is dead-lettered, and the operator's replay sends it back (inventory's user publishes)
+        channel.basic_publish(amqp.Message('{"id": "bad-1", "type": "order_created"}',
+                                           content_type="application/json"),
+                              exchange="orders.events", routing_key="order_created")
+        letters = eventually(lambda: operator.inventory.list_dead_letters(), message="dead-lettered")
+        assert [letter["original_queue"] for letter in letters] == [INVENTORY_QUEUE]
+        assert operator.inventory.replay_dead_letters() == 1
+        eventually(lambda: operator.inventory.list_dead_letters(), message="dead-lettered again after replay")
+    finally:
+        connection.close()
 
 
 def test_the_operator_may_replay_dead_letters_and_change_preferences(services, operator):

@@ -13,9 +13,8 @@ import requests
 
 from services.common.errors import InvalidInput, NotFound
 from services.common.validation import MAX_STOCK
-from tests import tokens
-from tests.helpers import eventually
 from tests.integration.conftest import ALL_SERVICES
+from tests.support import eventually, tokens
 
 ADMIN = tokens.admin()
 
@@ -36,6 +35,11 @@ def send_json(method, address, body, **kwargs):
 
 def url(config, path):
     return "http://{}{}".format(config["WEB_SERVER_ADDRESS"], path)
+
+
+def admin_url(config, path):
+    """Inventory's admin API (catalogue writes)."""
+    return "http://{}{}".format(config["INVENTORY_WEB_SERVER_ADDRESS"], path)
 
 
 def cursor_of(value):
@@ -66,7 +70,7 @@ def test_a_forged_cursor_is_a_400_naming_cursor(system):
 
 def test_a_sku_with_a_trailing_newline_is_refused_and_nothing_is_stored(system, rpc):
     for sku in ["NL-1\n", "NL-2\r\n", "NL-3\x00"]:
-        response = requests.post(url(system, "/products"), headers=ADMIN, timeout=10,
+        response = requests.post(admin_url(system, "/products"), headers=ADMIN, timeout=10,
                                  json={"sku": sku, "name": "Newline", "price": 100})
         assert response.status_code == 400, response.text
         assert "sku" in response.json()["details"]
@@ -80,10 +84,10 @@ def test_unstorable_text_is_refused_at_the_edge_over_http_and_rpc(system, rpc):
     rpc.inventory.create_product("U-1", "Umbrella", 500, 5)
     eventually(lambda: rpc.orders.list_catalogue(), message="catalogue copy")
     for bad in ["a\x00b", "\ud800", "x\udfff"]:
-        response = send_json("POST", url(system, "/products"), {"sku": "U-2", "name": bad, "price": 100},
+        response = send_json("POST", admin_url(system, "/products"), {"sku": "U-2", "name": bad, "price": 100},
                              headers=ADMIN)
         assert response.status_code == 400 and "name" in response.json()["details"], response.text
-        response = send_json("PATCH", url(system, "/products/U-1"), {"name": bad}, headers=ADMIN)
+        response = send_json("PATCH", admin_url(system, "/products/U-1"), {"name": bad}, headers=ADMIN)
         assert response.status_code == 400 and "name" in response.json()["details"], response.text
         with pytest.raises(InvalidInput) as refused:
             rpc.inventory.update_product("U-1", name=bad)
@@ -140,7 +144,7 @@ def test_integers_past_a_column_are_typed_errors_with_the_same_limits_as_http(sy
     with pytest.raises(InvalidInput) as refused:
         rpc.inventory.restock("I-1", 11)
     assert "quantity" in refused.value.details
-    response = requests.post(url(system, "/products/I-1/restock"), headers=ADMIN, timeout=10,
+    response = requests.post(admin_url(system, "/products/I-1/restock"), headers=ADMIN, timeout=10,
                              json={"quantity": 11})
     assert response.status_code == 400, response.text
     assert "quantity" in response.json()["details"]

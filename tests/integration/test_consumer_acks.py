@@ -1,9 +1,9 @@
 """Acks follow the handling, and the acks of messages handled together leave together."""
 from kombu import Connection, Exchange, Producer
 
-from services.common.consumers import SafeAckQueueConsumer, event_handler
-from services.common.events import new_event
-from tests.helpers import eventually
+from services.common.messaging.consumers import SafeAckQueueConsumer, event_handler
+from services.common.messaging.events import new_event
+from tests.support import eventually
 
 BURST = 40
 handled = []

@@ -4,7 +4,7 @@ import pytest
 from nameko.rpc import rpc
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from services.common.correlation import CorrelationId
+from services.common.observability.correlation import CorrelationId
 
 
 class Echo:

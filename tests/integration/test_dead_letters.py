@@ -3,10 +3,9 @@ then parked in the service's dead-letter queue, from where they can be
 listed and replayed once the cause is fixed."""
 import requests
 
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.inventory import domain
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 def test_a_failing_event_is_dead_lettered_after_bounded_attempts_and_replays_after_the_fix(

@@ -5,7 +5,7 @@ import requests
 
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
-from tests.helpers import free_port
+from tests.support import free_port
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -6,13 +6,13 @@ from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
-from services.common import consumers
-from services.common.db import make_engine
-from services.common.events import utcnow
+from services.common.messaging import consumers
+from services.common.db.database import make_engine
+from services.common.messaging.events import utcnow
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
+from tests.support import service_worker
 
 
 @pytest.mark.parametrize("service_class", [OrdersService, InventoryService, NotificationsService])

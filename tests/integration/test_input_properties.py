@@ -30,13 +30,12 @@ from hypothesis import strategies as st
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from sqlalchemy import text
 
-from services.common.db import make_engine
+from services.common.db.database import make_engine
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.http import JsonHttpHandler
-from services.common.rpc import Rpc
-from tests import tokens
-from tests.helpers import eventually
+from services.common.http.front_door import JsonHttpHandler
+from services.common.messaging.rpc import Rpc
 from tests.integration.conftest import ALL_SERVICES
+from tests.support import eventually, tokens
 
 EXAMPLES = 40
 # about 7-17 s per test here (HTTP ~8 s, RPC 11-17 s per backend)
@@ -222,12 +221,13 @@ def with_trap(base, part, name, trap):
 def test_no_http_input_gets_a_5xx_or_stores_anything_when_refused(system):
     config, order_id, engines = system
     good = ["P-1", order_id, "ann@example.com", 1, 5, "confirmed", "a reason", True, 100]
-    base = "http://{}".format(config["WEB_SERVER_ADDRESS"])
     path_values = {"order_id": order_id, "sku": "P-1"}
-    routes = [(entrypoint.method, entrypoint.url) for _, _, _, entrypoint in entrypoints(JsonHttpHandler)]
-    assert len(routes) >= 12, routes  # /metrics is served on the metrics port, not here
+    # orders' API, and inventory's admin API on its own address
+    routes = [("http://{}".format(config[getattr(service, "web_server_address_key", "WEB_SERVER_ADDRESS")]),
+               entrypoint.method, entrypoint.url) for service, _, _, entrypoint in entrypoints(JsonHttpHandler)]
+    assert len(routes) >= 15, routes  # /metrics is served on the metrics port, not here
 
-    for method, rule in routes:
+    for base, method, rule in routes:
         path_params = re.findall(r"<(?:\w+:)?(\w+)>", rule)
         request = st.fixed_dictionaries({
             "path": st.fixed_dictionaries({name: st.one_of(st.just(path_values[name]), st.just(path_values[name]),
@@ -241,7 +241,7 @@ def test_no_http_input_gets_a_5xx_or_stores_anything_when_refused(system):
                                        max_size=2),
         })
 
-        def check(example, method=method, rule=rule):
+        def check(example, method=method, rule=rule, base=base):
             path = rule
             for name, value in example["path"].items():
                 path = re.sub(r"<(?:\w+:)?{}>".format(name), encode(value), path)

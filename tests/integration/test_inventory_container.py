@@ -1,11 +1,11 @@
 """Inventory alone in a container on the real broker: events in, events out."""
-import time
 from kombu import Connection, Exchange, Queue
 from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_waiter
 
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.inventory.service import InventoryService
+from tests.support import eventually
 
 
 def test_an_order_created_event_becomes_a_published_stock_reserved_event(container_factory, service_config, rpc):
@@ -22,13 +22,8 @@ def test_an_order_created_event_becomes_a_published_stock_reserved_event(contain
             dispatch("orders", "order_created", new_event("orders", "order_created", {
                 "order_id": "o-9", "lines": [{"sku": "C-1", "quantity": 2}]}))
 
-        message = None
-        for _ in range(50):
-            message = answers.get(no_ack=True, accept=["json"])
-            if message:
-                break
-            time.sleep(0.1)
-    assert message is not None, "no stock_reserved published"
+        message = eventually(lambda: answers.get(no_ack=True, accept=["json"]), timeout=5,
+                             message="stock_reserved published")
     body = message.payload
     assert body["type"] == "stock_reserved" and body["source"] == "inventory"
     assert body["data"] == {"order_id": "o-9", "lines": [{"sku": "C-1", "quantity": 2}]}

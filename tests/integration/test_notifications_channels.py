@@ -6,8 +6,8 @@ import pytest
 
 from services.notifications import domain
 from services.notifications.channels import Outgoing, SmtpChannel
-from tests.helpers import free_port
-from tests.notifications_fakes import SmtpSink
+from tests.support import free_port
+from tests.support.notifications_fakes import SmtpSink
 
 MESSAGE = Outgoing(id=7, key="event-1:email", event_type="order_confirmed", order_id="o-1",
                    address="kim@example.com", subject="Your order o-1 is confirmed",

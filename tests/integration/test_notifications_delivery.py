@@ -7,10 +7,10 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common import errors  # noqa: F401  (typed remote errors)
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
+from tests.support import eventually
+from tests.support.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
 
 
 BOTH_DATABASES = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

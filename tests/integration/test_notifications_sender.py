@@ -10,13 +10,13 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from services.common.db import make_engine
-from services.common.events import new_event, utcnow
-from services.common.migrate import alembic_config
+from services.common.db.database import make_engine
+from services.common.messaging.events import new_event, utcnow
+from services.common.db.migrate import alembic_config
 from services.notifications.models import Notification
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
+from tests.support import eventually
+from tests.support.notifications_fakes import FAST_DELIVERY, order_data, smtp_settings
 
 DB_KEY = "notifications:NotificationsBase"
 

@@ -5,10 +5,10 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.notifications.service import NotificationsService
-from tests.helpers import eventually
-from tests.notifications_fakes import FAST_DELIVERY, order_data
+from tests.support import eventually
+from tests.support.notifications_fakes import FAST_DELIVERY, order_data
 
 AUTH = "Authorization: Bearer test-token"
 

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 from alembic import command
 from sqlalchemy import text
 
-from services.common.db import make_engine
-from services.common.migrate import alembic_config, upgrade
+from services.common.db.database import make_engine
+from services.common.db.migrate import alembic_config, upgrade
 
 
 def test_0004_keeps_stored_keys_under_their_customer(make_database, backend):

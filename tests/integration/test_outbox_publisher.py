@@ -8,10 +8,10 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import text
 
-from services.common.events import new_event, utcnow
-from services.common.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
+from services.common.messaging.events import new_event, utcnow
+from services.common.messaging.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
 from services.orders.models import OrdersBase, OutboxMessage
-from tests.helpers import eventually, free_port
+from tests.support import eventually, free_port
 
 
 def bound_queue(amqp_uri, exchange):

@@ -11,12 +11,12 @@ import time
 import pytest
 from kombu import Connection
 
-from services.common import consumers
+from services.common.messaging import consumers
 from services.common import uow as unit_of_work
-from services.common.consumers import ATTEMPT_HEADER
-from services.common.events import new_event
+from services.common.messaging.consumers import ATTEMPT_HEADER
+from services.common.messaging.events import new_event
 from services.inventory import service as inventory_service
-from tests.helpers import eventually
+from tests.support import eventually
 
 QUEUE = "evt-orders-order_created--inventory.reserve_stock"
 

@@ -8,8 +8,7 @@ import pytest
 import requests
 
 from services.inventory import domain
-from tests import tokens
-from tests.helpers import eventually
+from tests.support import eventually, tokens
 
 
 @pytest.fixture
@@ -77,8 +76,8 @@ def test_retries_and_dead_letters_work_on_the_configured_queue_type(
     vhost = rabbit_config["vhost"]
     queues = {queue["name"]: queue for queue in rabbit_manager.get_queues(vhost)}
     consumed = [name for name in queues if name.startswith(("evt-", "rpc-")) or name.endswith(".dead-letters")]
-    # the fixed-delay retry queues are named <queue>.retry-<ms>ms; the first step was used
-    retries = [name for name in consumed if name.startswith("evt-orders-order_created--inventory.reserve_stock.retry-")]
+    # the fixed-delay retry queues are named <queue>.backoff-<ms>ms; the first step was used
+    retries = [name for name in consumed if name.startswith("evt-orders-order_created--inventory.reserve_stock.backoff-")]
     assert retries, consumed
     retry = retries[0]
     assert "inventory.dead-letters" in consumed and "rpc-inventory" in consumed

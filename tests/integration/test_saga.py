@@ -6,11 +6,10 @@ import re
 import requests
 from sqlalchemy import text
 
-from services.common.db import make_engine
+from services.common.db.database import make_engine
 
-from services.common.outbox import Outbox
-from tests import tokens
-from tests.helpers import eventually
+from services.common.messaging.outbox import Outbox
+from tests.support import eventually, tokens
 
 
 def url(config, path):
@@ -129,7 +128,7 @@ def test_every_event_type_delivered_twice_changes_nothing_the_second_time(
         "order_rejected", "order_cancelled", "stock_released"}
     expected = {(consumer, body["id"]) for body in sent for consumer in CONSUMERS[body["type"]]}
     skipped = SkippedDeliveries()
-    consumers_log = logging.getLogger("services.common.consumers")
+    consumers_log = logging.getLogger("services.common.messaging.consumers")
     level = consumers_log.level
     consumers_log.addHandler(skipped)
     consumers_log.setLevel(logging.INFO)

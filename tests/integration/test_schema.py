@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from services.common.db import make_engine
+from services.common.db.database import make_engine
 from services.inventory.models import InventoryBase
 from services.notifications.models import NotificationsBase
 from services.orders.models import OrdersBase

@@ -8,7 +8,6 @@ froze the greenthread holding it. Read-only transactions begin deferred: they
 take no lock and refuse to write.
 """
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,16 +17,16 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from services.common.db import make_engine, read_only
-from services.common.migrate import upgrade
+from services.common.db.database import make_engine, read_only
+from services.common.db.migrate import upgrade
 from services.orders import domain
 from services.orders.models import Order, StatusChange
 from tests.conftest import ROOT
-from tests.helpers import eventually
+from tests.support import eventually
 
 
 def _run(uri, *args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "tests.sqlite_race", uri, *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "tests.support.sqlite_race", uri, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -11,9 +11,9 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common.errors import InvalidInput
-from services.common.telemetry import Telemetry
-from tests.helpers import eventually
-from tests.telemetry_spans import hex_ids, memory_exporter
+from services.common.observability.telemetry import Telemetry
+from tests.support import eventually
+from tests.support.telemetry_spans import hex_ids, memory_exporter
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

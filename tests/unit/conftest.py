@@ -3,8 +3,8 @@ import pytest
 from nameko_sqlalchemy.database import DatabaseWrapper, Session
 from sqlalchemy.orm import sessionmaker
 
-from services.common.db import make_engine
-from services.common.migrate import upgrade
+from services.common.db.database import make_engine
+from services.common.db.migrate import upgrade
 
 
 class RecordingOutbox:

@@ -1,13 +1,14 @@
 """The benchmark's load generator counts what it should: answers, their
 latency, order ids, and failures (error statuses, requests left unanswered)."""
 import json
+import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from tests.helpers import free_port
+from tests.support import eventually, free_port
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -39,14 +40,8 @@ SERVER = textwrap.dedent('''
 def server():
     port = free_port()
     process = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
-    import socket
-    import time
-    for _ in range(50):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    eventually(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True, timeout=5,
+               message="the stand-in server to listen")
     yield "http://127.0.0.1:{}".format(port)
     process.kill()
     process.wait()

@@ -1,4 +1,4 @@
-"""The broker's users come from one source (services/common/broker_grants.py):
+"""The broker's users come from one source (services/common/messaging/broker_grants.py):
 the production definitions file is what it generates, and its grants match
 what the service classes really consume, publish and call."""
 import inspect
@@ -9,7 +9,7 @@ import re
 from nameko.events import EventHandler
 from nameko.rpc import Rpc
 
-from services.common import broker_grants
+from services.common.messaging import broker_grants
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders.service import OrdersService
@@ -29,7 +29,7 @@ def test_the_definitions_file_is_what_the_grants_module_generates():
     with open(os.path.join(ROOT, "deploy", "rabbitmq", "definitions.json")) as stream:
         on_disk = json.load(stream)
     assert on_disk == broker_grants.definitions("orders-prod"), (
-        "regenerate: python -m services.common.broker_grants definitions --vhost orders-prod "
+        "regenerate: python -m services.common.messaging.broker_grants definitions --vhost orders-prod "
         "> deploy/rabbitmq/definitions.json")
 
 
@@ -46,12 +46,12 @@ def test_every_consumed_event_is_published_by_its_source_and_every_call_exists()
     for name, grant in broker_grants.SERVICES.items():
         for source, events in grant.handles.items():
             assert set(events) <= set(broker_grants.SERVICES[source].publishes), (name, source)
-        for call in broker_grants.calls(name, http_catalogue_writes=True):
+        for call in broker_grants.calls(name):
             service, method = call.split(".")
             assert method in {method for method, _ in entrypoints(CLASSES[service], Rpc)}, call
 
 
-def test_orders_may_call_inventory_reads_but_not_catalogue_writes_by_default():
+def test_orders_may_call_inventory_reads_but_never_catalogue_writes():
     rpc = next(topic for topic in broker_grants.topic_permissions("orders") if topic["exchange"] == "nameko-rpc")
     write = re.compile(rpc["write"])
     assert write.match("inventory.get_product") and write.match("inventory.ping")
@@ -59,16 +59,25 @@ def test_orders_may_call_inventory_reads_but_not_catalogue_writes_by_default():
     for forbidden in ("inventory.restock", "inventory.create_product", "inventory.update_product",
                       "notifications.set_preferences", "inventory.replay_dead_letters", "inventory.#", "#"):
         assert not write.match(forbidden), forbidden
-    opted_in = next(topic for topic in broker_grants.topic_permissions("orders", http_catalogue_writes=True)
-                    if topic["exchange"] == "nameko-rpc")
-    assert re.match(opted_in["write"], "inventory.restock")
+
+
+def test_no_service_may_write_to_the_default_exchange_only_to_its_own_redelivery_exchange():
+    from services.common.messaging.consumers import redelivery_exchange
+    for name in broker_grants.SERVICES:
+        write = re.compile(broker_grants.permissions(name)["write"])
+        assert not write.match("amq.default") and not write.match(""), name
+        assert write.match(redelivery_exchange(name).name), name
+        for other in set(broker_grants.SERVICES) - {name}:
+            assert not write.match(redelivery_exchange(other).name), (name, other)
+            configure = re.compile(broker_grants.permissions(name)["configure"])
+            assert not configure.match(redelivery_exchange(other).name), (name, other)
 
 
 def test_queue_patterns_cover_a_service_s_own_queues_only():
     configure = re.compile(broker_grants.permissions("orders")["configure"])
     for own in ("rpc-orders", "rpc.reply-orders-0b8e4c1e-1111-2222-3333-444455556666", "orders.dead-letters",
                 "evt-inventory-product_changed--orders.apply_product_change",
-                "evt-inventory-product_changed--orders.apply_product_change.retry-500ms"):
+                "evt-inventory-product_changed--orders.apply_product_change.backoff-500ms"):
         assert configure.match(own), own
     for other in ("rpc-inventory", "inventory.dead-letters", "evt-orders-order_created--inventory.reserve_stock",
                   "rpc.reply-inventory-0b8e4c1e", "rpc-orders-x"):

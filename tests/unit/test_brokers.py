@@ -1,7 +1,7 @@
-"""AMQP_URI as a failover list (services/common/brokers.py)."""
+"""AMQP_URI as a failover list (services/common/messaging/brokers.py)."""
 from kombu import Connection
 
-from services.common.brokers import broker_urls, redacted
+from services.common.messaging.brokers import broker_urls, redacted
 
 URIS = "amqp://app:s3cret-1@rabbit-1:5672/prod;amqp://app:s3cret-2@rabbit-2:5672/prod;amqp://rabbit-3/prod"
 
@@ -24,7 +24,7 @@ def test_kombu_reads_the_same_brokers_in_the_same_order():
 def test_config_yaml_passes_a_failover_list_and_the_queue_type_through(monkeypatch):
     import os
 
-    from services.common.queues import queue_type
+    from services.common.messaging.queues import queue_type
     from services.common.settings import load_config
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "config.yaml")

@@ -2,9 +2,10 @@ import eventlet
 import pytest
 from marshmallow import Schema, fields
 
-from services.common.consumers import backoff_seconds
-from services.common.db import redact
-from services.common.events import MalformedMessage, new_event, parse_event
+from services.common.messaging.consumers import backoff_seconds
+from services.common.db.database import redact
+from services.common.messaging.events import MalformedMessage, new_event, parse_event
+from tests.support import eventually
 
 
 class Data(Schema):
@@ -58,7 +59,7 @@ class _Message:
                                    BrokenPipeError(32, "Broken pipe")])
 def test_an_ack_on_a_connection_the_broker_reset_does_not_kill_the_service(error, caplog):
     # nameko 2.14 lets these escape, which ends the worker and kills the container
-    from services.common.consumers import DeadLetteringQueueConsumer
+    from services.common.messaging.consumers import DeadLetteringQueueConsumer
 
     consumer = DeadLetteringQueueConsumer()
     consumer.ack_message(_Message(error))
@@ -69,7 +70,7 @@ def test_an_ack_on_a_connection_the_broker_reset_does_not_kill_the_service(error
 
 
 def test_other_errors_while_acking_are_logged_as_errors(caplog):
-    from services.common.consumers import DeadLetteringQueueConsumer
+    from services.common.messaging.consumers import DeadLetteringQueueConsumer
 
     consumer = DeadLetteringQueueConsumer()
     consumer.ack_message(_Message(ValueError("a bug")))
@@ -80,11 +81,9 @@ def test_other_errors_while_acking_are_logged_as_errors(caplog):
 
 
 def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp_path):
-    import time
-
     from sqlalchemy import text
 
-    from services.common.db import WalCheckpointer, make_engine, sqlite_file
+    from services.common.db.database import WalCheckpointer, make_engine, sqlite_file
 
     uri = "sqlite:///{}".format(tmp_path / "service.sqlite3")
     checkpointer = WalCheckpointer(sqlite_file(uri), interval=0.05).start()
@@ -97,10 +96,13 @@ def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp
         for _ in range(200):
             with engine.begin() as connection:
                 connection.execute(text("INSERT INTO t VALUES (:a)"), {"a": "x" * 500})
-        deadline = time.monotonic() + 5
-        while not (checkpointer.last and checkpointer.last[1] > 0 and checkpointer.last[1] == checkpointer.last[2]):
-            assert time.monotonic() < deadline, checkpointer.last
-            time.sleep(0.05)
+
+        def checkpointed():  # every WAL frame of the last round copied into the database file
+            last = checkpointer.last
+            return last and last[1] > 0 and last[1] == last[2]
+
+        eventually(checkpointed, timeout=5, interval=0.05,
+                   message=lambda: "a full checkpoint: {}".format(checkpointer.last))
     finally:
         checkpointer.stop()
         engine.dispose()
@@ -121,7 +123,7 @@ def test_every_consumer_of_every_service_survives_a_reset_connection(service):
     from nameko.containers import ServiceContainer
     from nameko.messaging import QueueConsumer
 
-    from services.common.consumers import SafeAckQueueConsumer
+    from services.common.messaging.consumers import SafeAckQueueConsumer
 
     module = importlib.import_module("services.{}.service".format(service))
     [service_class] = [value for value in vars(module).values()
@@ -148,7 +150,7 @@ def test_an_rpc_reply_nobody_waits_for_any_more_is_forgotten():
     from nameko.rpc import RpcReply
 
     from services.common.errors import ServiceUnavailable
-    from services.common.rpc import SafeAckReplyListener, TimedServiceProxy
+    from services.common.messaging.rpc import SafeAckReplyListener, TimedServiceProxy
 
     listener = SafeAckReplyListener()
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from services.common.events import new_event, parse_event
+from services.common.messaging.events import new_event, parse_event
 from services.inventory import events as inventory_events
 from services.inventory.service import InventoryService
 from services.notifications.service import NotificationsService
 from services.orders import domain as order_domain
 from services.orders import events as orders_events
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
+from tests.support import service_worker
 from tests.unit.conftest import RecordingOutbox
 
 SERVICES = (OrdersService, InventoryService, NotificationsService)
@@ -135,6 +135,6 @@ def test_the_saga_table_names_every_event_and_consumer_and_nothing_else():
 
 def test_the_saga_table_shows_the_order_state_machine_as_the_domain_has_it():
     documented = {(start, end, event) for start, end, event in table_rows("## The order's states")}
-    expected = {(start, end, orders_events.ANNOUNCES[end].name)
+    expected = {(start, end, order_domain.ANNOUNCES[end].name)
                 for start, ends in order_domain.ALLOWED.items() for end in ends}
     assert documented == expected

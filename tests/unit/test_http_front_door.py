@@ -11,12 +11,13 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from services.common.errors import InvalidInput, NotFound, ServiceError, ServiceUnavailable
-from services.common.http import (
+from services.common.http.front_door import (
     Cors, JsonHttpHandler, MalformedJson, UnsupportedMediaType, error_body, read_headers, read_json, read_query,
 )
-from services.common.health import check_broker
-from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema, NewProductSchema
-from tests.helpers import free_port
+from services.common.observability.health import check_broker
+from services.inventory.schemas import NewProductSchema
+from services.orders.schemas import IdempotencyHeaderSchema, ListOrdersSchema
+from tests.support import free_port
 
 
 def request(data=b"", content_type="application/json", query=None, headers=None):
@@ -116,10 +117,10 @@ def test_the_broker_probe_reports_a_closed_port_as_unreachable():
 ])
 def test_our_failures_are_logged_once_and_client_errors_are_left_to_the_trace(error, level, text, caplog):
     handler = JsonHttpHandler("POST", "/orders")
-    with caplog.at_level(logging.INFO, logger="services.common.http"):
+    with caplog.at_level(logging.INFO, logger="services.common.http.front_door"):
         assert handler.error_response(error).status_code == handler.response_from_exception(error).status_code
     logged = [(record.levelname, record.getMessage()) for record in caplog.records
-              if record.name == "services.common.http"]
+              if record.name == "services.common.http.front_door"]
     if level is None:
         assert logged == []
     else:
@@ -129,8 +130,8 @@ def test_our_failures_are_logged_once_and_client_errors_are_left_to_the_trace(er
 def test_building_the_response_after_the_commit_cannot_fail():
     """A header werkzeug refuses is left out (and logged), not turned into a 500 for a change already made."""
     handler = JsonHttpHandler("POST", "/products")
-    response = handler.response_from_result((201, {"sku": "NL-1\n"}, {"Location": "/products/NL-1\n",
-                                                                       "X-Other": "fine"}))
+    response = handler.response_from_result((201, {"Location": "/products/NL-1\n", "X-Other": "fine"},
+                                             {"sku": "NL-1\n"}))
     assert response.status_code == 201
     assert json.loads(response.get_data()) == {"sku": "NL-1\n"}
     assert "Location" not in response.headers and response.headers["X-Other"] == "fine"
@@ -143,7 +144,7 @@ def test_rpc_replies_carry_no_driver_text():
     from sqlalchemy.exc import DataError
 
     from services.common.errors import InternalError
-    from services.common.rpc import Rpc
+    from services.common.messaging.rpc import Rpc
 
     replies = []
     entrypoint = Rpc()

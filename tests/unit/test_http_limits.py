@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from eventlet.wsgi import Input
 
-from services.common.http import HttpLimits, JsonWsgiApp, QuietClientLog
+from services.common.http.front_door import HttpLimits, JsonWsgiApp, QuietClientLog
 
 
 def app(max_body=64):
@@ -103,7 +103,7 @@ def test_eventlets_tracebacks_about_clients_go_to_debug_as_one_line(caplog):
 
 def test_the_worker_pool_grows_by_the_http_slots_only():
     from eventlet import GreenPool
-    from services.common.http import JsonWebServer
+    from services.common.http.front_door import JsonWebServer
 
     server = JsonWebServer()
     container = SimpleNamespace(config={"HTTP_MAX_CONCURRENCY": 7}, _worker_pool=GreenPool(10))
@@ -113,10 +113,10 @@ def test_the_worker_pool_grows_by_the_http_slots_only():
 
 
 def test_refusals_in_a_flood_are_one_warning_per_interval(caplog):
-    from services.common.http import Throttled
+    from services.common.http.front_door import Throttled
 
     refused = Throttled("connection refused", interval=60)
-    with caplog.at_level(logging.DEBUG, "services.common.http"):
+    with caplog.at_level(logging.DEBUG, "services.common.http.front_door"):
         for n in range(5):
             refused("{} open".format(n))
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]

@@ -1,26 +1,23 @@
 """The orders API's logic under worker_factory (real SQLite, no broker):
-idempotency keys, keyset pages with ties, the admin scope, and the OpenAPI
-document covering every route with the configured limits."""
-import json
+idempotency keys, keyset pages with ties, and the OpenAPI document covering
+every route with the configured limits. (Catalogue writes are inventory's own
+admin API: tests/unit/test_inventory_http.py.)"""
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
-from werkzeug.test import EnvironBuilder
-from werkzeug.wrappers import Request
 
 from services.common.errors import Conflict, InvalidInput
-from services.common.events import new_event, utcnow
-from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.common.messaging.events import new_event, utcnow
+from services.common.http.front_door import JsonHttpHandler
 from services.orders import handlers
-from services.orders.auth import TokenVerifier
+from services.common.http.auth import TokenVerifier
 from services.orders.models import IdempotencyKey, Order
 from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor
 from services.orders.service import OrdersService
 from services.orders.settings import OrdersSettings
-from tests.helpers import service_worker
-from tests import tokens
+from tests.support import service_worker, tokens
 
 
 @pytest.fixture
@@ -128,32 +125,6 @@ def test_cursors_are_opaque_round_trips_and_forgeries_are_refused():
             decode_cursor(forged)
 
 
-def http_request(method="POST", path="/products", payload=None, authorization=None):
-    headers = {"Authorization": authorization} if authorization is not None else {}
-    return Request(EnvironBuilder(method=method, path=path, headers=headers, content_type="application/json",
-                                  data=json.dumps(payload or {})).get_environ())
-
-
-def test_catalogue_writes_need_the_admin_scope(orders):
-    product = {"sku": "B", "name": "Bean", "price": 5, "stock": 0}
-    orders.inventory.create_product.return_value = dict(product, on_hand=0, reserved=0, available=0,
-                                                        active=True, version=1)
-    for authorization in (None, "", "Bearer", "Bearer wrong", "Basic " + tokens.admin_token(),
-                          tokens.admin_token()):
-        with pytest.raises(Unauthorized):
-            orders.http_create_product(http_request(payload=product, authorization=authorization))
-    with pytest.raises(Forbidden) as refused:
-        orders.http_create_product(http_request(
-            payload=product, authorization="Bearer " + tokens.token("ann@example.com")))
-    assert refused.value.code == "insufficient_scope"
-    assert 'error="insufficient_scope"' in refused.value.headers["WWW-Authenticate"]
-    assert orders.inventory.create_product.call_count == 0
-    status, created, headers = orders.http_create_product(http_request(
-        payload=product, authorization="Bearer " + tokens.admin_token()))
-    assert (status, created["sku"], headers["Location"]) == (201, "B", "/products/B")
-    orders.inventory.create_product.assert_called_once_with("B", "Bean", 5, 0)
-
-
 def _routes():
     """(method, OpenAPI path) of every @http entrypoint of the service."""
     routes = set()
@@ -163,6 +134,12 @@ def _routes():
                 path = entrypoint.url.replace("<string:", "{").replace(">", "}")
                 routes |= {(method.lower(), path) for method in entrypoint.method.split(",")}
     return routes
+
+
+def test_orders_serves_no_catalogue_writes():
+    """Catalogue writes are inventory's (its admin API): orders' broker user needs none of its write RPCs."""
+    assert {path for method, path in _routes() if path.startswith("/products")} == {"/products", "/products/{sku}"}
+    assert {method for method, path in _routes() if path.startswith("/products")} == {"get"}
 
 
 def test_the_document_describes_every_route_and_only_those():

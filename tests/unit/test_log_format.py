@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from services.common import correlation
+from services.common.observability import correlation
 from services.common.settings import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

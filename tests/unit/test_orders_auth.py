@@ -13,14 +13,13 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from services.common.errors import Conflict, NotFound, ServiceUnavailable
-from services.common.events import new_event
-from services.common.http import Forbidden, JsonHttpHandler, Unauthorized
+from services.common.messaging.events import new_event
+from services.common.http.front_door import Forbidden, JsonHttpHandler, Unauthorized
 from services.orders import ratelimit
-from services.orders.auth import TokenVerifier
+from services.common.http.auth import TokenVerifier
 from services.orders.models import Order, RateLimitCounter
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
-from tests import tokens
+from tests.support import service_worker, tokens
 
 ANN, BOB = "ann@example.com", "bob@example.com"
 
@@ -166,9 +165,9 @@ def place(orders, email, token_email=None, key=None, quantity=1, admin=False):
 
 
 def test_a_customer_orders_for_themselves_only(orders, outbox):
-    status, order, _ = place(orders, None, token_email="Ann@Example.com")
+    status, _, order = place(orders, None, token_email="Ann@Example.com")
     assert (status, order["customer_email"]) == (202, ANN)
-    assert place(orders, "ANN@example.com", token_email=ANN)[1]["customer_email"] == ANN
+    assert place(orders, "ANN@example.com", token_email=ANN)[2]["customer_email"] == ANN
     with pytest.raises(Forbidden) as refused:
         place(orders, BOB, token_email=ANN)
     assert "customer_email" in refused.value.details
@@ -186,8 +185,8 @@ def test_no_token_places_nothing(orders, outbox):
 
 
 def test_customers_cannot_read_list_or_cancel_each_other(orders):
-    ann_order = place(orders, ANN)[1]
-    bob_order = place(orders, BOB)[1]
+    ann_order = place(orders, ANN)[2]
+    bob_order = place(orders, BOB)[2]
     ann, bob = header(tokens.token(ANN)), header(tokens.token(BOB))
     path = "/orders/{}".format(ann_order["id"])
     assert orders.http_get_order(request("GET", path, ann), ann_order["id"])["id"] == ann_order["id"]
@@ -212,7 +211,7 @@ def test_customers_cannot_read_list_or_cancel_each_other(orders):
 def test_an_admin_acts_for_any_customer(orders):
     with pytest.raises(Exception):  # an admin must say for whom
         place(orders, None, admin=True)
-    order = place(orders, "Cy@example.com", admin=True)[1]
+    order = place(orders, "Cy@example.com", admin=True)[2]
     assert order["customer_email"] == "cy@example.com"
     place(orders, ANN)
     admin = header(tokens.admin_token())
@@ -225,15 +224,15 @@ def test_an_admin_acts_for_any_customer(orders):
 
 
 def test_idempotency_keys_belong_to_their_customer(orders, outbox):
-    ann_order = place(orders, ANN, key="shared-key")[1]
+    ann_order = place(orders, ANN, key="shared-key")[2]
     # the same key from another customer, with another body: a new order, not a 409 naming Ann's
-    status, bob_order, headers = place(orders, BOB, key="shared-key", quantity=2)
+    status, headers, bob_order = place(orders, BOB, key="shared-key", quantity=2)
     assert (status, headers["Idempotent-Replayed"]) == (202, "false")
     assert bob_order["id"] != ann_order["id"] and bob_order["customer_email"] == BOB
     # and the same body too: still Bob's own order, never Ann's
-    status, bob_again, _ = place(orders, BOB, key="other-key")
+    status, _, bob_again = place(orders, BOB, key="other-key")
     assert bob_again["id"] not in (ann_order["id"], bob_order["id"])
-    assert place(orders, BOB, key="other-key")[1]["id"] == bob_again["id"]
+    assert place(orders, BOB, key="other-key")[2]["id"] == bob_again["id"]
     with pytest.raises(Conflict) as conflict:
         place(orders, BOB, key="shared-key", quantity=3)
     assert ann_order["id"] not in json.dumps(conflict.value.details) + conflict.value.message
@@ -358,7 +357,7 @@ def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_refetches_them(jwks):
 
 
 def test_a_verified_token_is_remembered_but_never_past_its_expiry_or_a_minute(monkeypatch):
-    from services.orders import auth
+    from services.common.http import auth
     check = verifier()
     decoded = []
     real = jwt.decode

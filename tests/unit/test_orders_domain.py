@@ -42,3 +42,56 @@ def test_unknown_skus_are_all_named():
         domain.price_lines([{"sku": "Z", "quantity": 1}, {"sku": "A", "quantity": 1}, {"sku": "Y", "quantity": 1}],
                            {"A": ("Apple", 1)})
     assert error.value.skus == ["Y", "Z"]
+
+
+CATALOGUE = {"A": ("Apple", 150), "B": ("Banana", 99)}
+
+
+def test_placing_an_order_prices_it_and_causes_order_created():
+    placed = domain.place("o-1", "ann@example.com", [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}],
+                          CATALOGUE)
+    assert (placed.lines, placed.total) == domain.price_lines(
+        [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], CATALOGUE)
+    assert [(event.name, data) for event, data in placed.events] == [("order_created", {
+        "order_id": "o-1", "customer_email": "ann@example.com", "total": 399,
+        "lines": [{"sku": "A", "quantity": 2, "unit_price": 150}, {"sku": "B", "quantity": 1, "unit_price": 99}]})]
+
+
+def test_an_order_that_cannot_be_taken_causes_nothing():
+    with pytest.raises(domain.UnknownProducts):
+        domain.place("o-1", "ann@example.com", [{"sku": "Z", "quantity": 1}], CATALOGUE)
+    with pytest.raises(domain.TotalTooLarge):
+        domain.place("o-1", "ann@example.com", [{"sku": "A", "quantity": domain.MAX_ORDER_TOTAL}], CATALOGUE)
+
+
+STORED = {"id": "o-1", "status": "pending", "customer_email": "ann@example.com", "total": 399, "reasons": None,
+          "lines": [{"sku": "A", "quantity": 2}]}
+
+
+@pytest.mark.parametrize("status,event", [
+    ("confirmed", "order_confirmed"), ("rejected", "order_rejected"), ("cancelled", "order_cancelled"),
+])
+def test_each_move_causes_the_event_announcing_it_with_the_order_as_it_now_is(status, event):
+    moved = domain.move(STORED, status, "now")
+    assert moved.changes == {"status": status, "updated_at": "now"}
+    assert [(declared.name, data) for declared, data in moved.events] == [
+        (event, dict(STORED, status=status, updated_at="now"))]
+
+
+def test_a_move_with_reasons_changes_and_announces_them():
+    reasons = [{"sku": "A", "reason": "insufficient_stock"}]
+    moved = domain.move(STORED, "rejected", "now", reasons)
+    assert moved.changes == {"status": "rejected", "updated_at": "now", "reasons": reasons}
+    assert moved.events[0][1]["reasons"] == reasons
+
+
+def test_an_illegal_move_causes_nothing():
+    with pytest.raises(domain.IllegalTransition):
+        domain.move(dict(STORED, status="cancelled"), "confirmed", "now")
+
+
+def test_every_move_the_state_machine_allows_announces_a_declared_event():
+    from services.orders import events
+    for ends in domain.ALLOWED.values():
+        for end in ends:
+            assert domain.ANNOUNCES[end] in events.PUBLISHED

@@ -1,9 +1,9 @@
 import pytest
 
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.orders.service import OrdersService
-from tests.helpers import service_worker
+from tests.support import service_worker
 
 
 @pytest.fixture

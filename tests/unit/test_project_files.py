@@ -3,8 +3,9 @@ import os
 
 import yaml
 
-from services.common.migrate import SERVICES
-from services.common.settings import load_config
+from services.common.db.migrate import SERVICES
+from services.common.settings import PlatformSettings, load_config
+from services.orders.settings import OrdersSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +26,16 @@ def test_config_values_come_from_the_environment(monkeypatch):
     config = load_config(os.path.join(ROOT, "config.yaml"))
     assert config["DB_URIS"]["inventory:InventoryBase"] == "postgresql://app@db/inventory"
     assert config["RPC_TIMEOUT"] == 2.5
+
+
+def test_code_defaults_are_config_yaml_defaults(monkeypatch):
+    """A config that leaves a key out gets the same value as config.yaml's default."""
+    for name in os.environ:
+        if name.isupper() and not name.startswith(("PATH", "HOME", "PYTHON", "LANG", "LC_")):
+            monkeypatch.delenv(name, raising=False)
+    config = load_config(os.path.join(ROOT, "config.yaml"))
+    for settings in (PlatformSettings, OrdersSettings):
+        assert settings.from_config(config) == settings.from_config({}), settings
 
 
 def test_compose_file_runs_rabbitmq_with_management_and_a_health_check():

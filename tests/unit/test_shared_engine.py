@@ -1,7 +1,7 @@
 """One engine per database per process: every provider's reservation lands on the same pool."""
 from types import SimpleNamespace
 
-from services.common.db import ServiceDatabase, shared_engine
+from services.common.db.database import ServiceDatabase, shared_engine
 from services.orders.models import OrdersBase
 
 URI = "postgresql://orders@127.0.0.1:5432/orders_shared_engine_test"  # never connected to

@@ -1,4 +1,4 @@
-"""Trace context in and out (services/common/telemetry.py), without a broker.
+"""Trace context in and out (services/common/observability/telemetry.py), without a broker.
 
 Incoming ``traceparent`` / ``tracestate`` values are untrusted: only what
 the W3C format allows becomes a parent. Units of work get one span each,
@@ -13,9 +13,9 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from services.common import telemetry
-from services.common.logs import ServiceJsonFormatter
-from tests.telemetry_spans import hex_ids, memory_exporter
+from services.common.observability import telemetry
+from services.common.observability.logs import ServiceJsonFormatter
+from tests.support.telemetry_spans import hex_ids, memory_exporter
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

@@ -13,13 +13,13 @@ from nameko.timer import timer
 from nameko_tracer import constants
 from sqlalchemy.exc import OperationalError
 
-from services.common.correlation import CorrelationId
+from services.common.observability.correlation import CorrelationId
 from services.common.errors import NotFound
-from services.common.http import JsonHttpHandler
+from services.common.http.front_door import JsonHttpHandler
 from services.common.settings import load_config
 
-from services.common.masking import MaskEmails, mask, mask_text
-from services.common.tracing import (
+from services.common.observability.masking import MaskEmails, mask, mask_text
+from services.common.observability.tracing import (
     HttpTraceAdapter, TraceAdapter, TraceFilter, TraceFormatter, Tracer, service_name_from_argv, trace_line,
 )
 

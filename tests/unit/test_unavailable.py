@@ -5,9 +5,11 @@ import json
 from kombu import Queue
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from services.common.consumers import ATTEMPT_HEADER, ReliableEventHandler, retry_delays, retry_queue
+from services.common.messaging.consumers import (
+    ATTEMPT_HEADER, ReliableEventHandler, redelivery_exchange, retry_delays, retry_queue,
+)
 from services.common.errors import NotFound, ServiceUnavailable, is_unavailable
-from services.common.http import JsonHttpHandler
+from services.common.http.front_door import JsonHttpHandler
 
 
 def operational_error():
@@ -59,7 +61,9 @@ def handler():
     reliable.max_attempts, reliable.backoff_base, reliable.backoff_max = 3, 0.01, 0.02
     reliable.queue = Queue("evt-orders-order_created--inventory.reserve_stock")
     reliable.retry_delays = retry_delays(0.01, 0.02)
-    reliable.retry_queues = [retry_queue({}, reliable.queue.name, delay) for delay in reliable.retry_delays]
+    reliable.redelivery = redelivery_exchange("inventory")
+    reliable.retry_queues = [retry_queue({}, reliable.queue.name, delay, reliable.redelivery)
+                             for delay in reliable.retry_delays]
     reliable.dead_letters = Queue("inventory.dead-letters")
     reliable.publisher = RecordingPublisher()
     return reliable
@@ -70,7 +74,7 @@ def test_a_consumer_keeps_retrying_while_the_database_is_down_but_dead_letters_a
     reliable._retry_or_dead_letter(FakeMessage(attempt=9), operational_error())
     (queue, headers), = reliable.publisher.sent
     # the longest fixed delay, and the count stays within the bound
-    assert queue == "evt-orders-order_created--inventory.reserve_stock.retry-20ms"
+    assert queue == "evt-orders-order_created--inventory.reserve_stock.backoff-20ms"
     assert headers[ATTEMPT_HEADER] == 3
 
     reliable = handler()
@@ -101,7 +105,7 @@ def test_an_outage_waits_but_a_value_the_database_refuses_is_dead_lettered_after
         reliable = handler()
         reliable._retry_or_dead_letter(FakeMessage(attempt=3), exc)
         (queue, headers), = reliable.publisher.sent
-        assert queue.startswith("evt-orders-order_created--inventory.reserve_stock.retry"), exc
+        assert queue.startswith("evt-orders-order_created--inventory.reserve_stock.backoff-"), exc
     for exc in data_errors:
         reliable = handler()
         reliable._retry_or_dead_letter(FakeMessage(attempt=3), exc)
@@ -114,7 +118,9 @@ def test_retry_delays_are_a_few_fixed_steps_from_base_to_cap():
     assert retry_delays(0.5, 30) == [0.5, 2.0, 8.0, 30.0]
     assert retry_delays(0.05, 0.2) == [0.05, 0.2]
     assert retry_delays(5, 1) == [1.0]
-    queue = retry_queue({}, "q", 2.0)
-    assert queue.name == "q.retry-2000ms"
-    assert queue.queue_arguments == {"x-message-ttl": 2000, "x-dead-letter-exchange": "",
+    queue = retry_queue({}, "q", 2.0, redelivery_exchange("svc"))
+    assert queue.name == "q.backoff-2000ms"
+    # back into q through the service's own redelivery exchange, never the default exchange
+    assert queue.queue_arguments == {"x-message-ttl": 2000, "x-dead-letter-exchange": "svc.redelivery",
                                      "x-dead-letter-routing-key": "q"}
+    assert (queue.exchange.name, queue.routing_key) == ("svc.redelivery", "q.backoff-2000ms")

@@ -2,14 +2,14 @@
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from services.common.db import ServiceDatabase
-from services.common.events import MalformedMessage, new_event
-from services.common.outbox import Outbox
+from services.common.db.database import ServiceDatabase
+from services.common.messaging.events import MalformedMessage, new_event
+from services.common.messaging.outbox import Outbox
 from services.common.uow import NoOutbox, ReadOnly, UnitOfWork, handles
 from services.inventory import events
 from services.inventory.models import InventoryBase, OutboxMessage, ProcessedEvent, Reservation
 from services.inventory.schemas import OrderCancelledSchema
-from tests.helpers import service_worker
+from tests.support import service_worker
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-from services.common.migrate import run_migrations
+from services.common.db.migrate import run_migrations
 from services.notifications.models import NotificationsBase
 
 run_migrations(NotificationsBase.metadata)

@@ -1,7 +1,7 @@
 """outbox.traceparent: the W3C trace context of the transaction that wrote the row.
 
 An event relayed after a restart is published under it, so it still joins
-its order's trace (services/common/telemetry.py). Rows written before this
+its order's trace (services/common/observability/telemetry.py). Rows written before this
 revision have none and are published without trace headers.
 
 Revision ID: 0003

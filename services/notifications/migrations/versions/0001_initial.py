@@ -5,7 +5,7 @@ Revision ID: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from services.common.migrate import create_inbox_table_v1
+from services.common.db.migrate import create_inbox_table_v1
 
 revision = "0001"
 down_revision = None

@@ -5,7 +5,7 @@ Revises: 0002
 """
 from alembic import op
 
-from services.common.migrate import drop_inbox_processed_at_index, index_inbox_by_processed_at
+from services.common.db.migrate import drop_inbox_processed_at_index, index_inbox_by_processed_at
 
 revision = "0003"
 down_revision = "0002"
