@@ -16,6 +16,8 @@ import re
 import idna
 from marshmallow import ValidationError, fields, validate
 
+from services.common.errors import NotFound
+
 # Every integer column is 32-bit (PostgreSQL INTEGER).
 MAX_INT32 = 2 ** 31 - 1
 # Money is integer cents. The caps keep every total within a 32-bit column:
@@ -57,6 +59,13 @@ SKU = FullMatch(SKU_PATTERN, error=SKU_MESSAGE)
 
 def is_sku(value):
     return full_match(SKU_PATTERN, value)
+
+
+def known_sku(sku):
+    """``sku`` if it can be one; NotFound otherwise, so no database or service sees a string that cannot be."""
+    if not is_sku(sku):
+        raise NotFound("No product with sku {}.".format(str(sku)[:80]), details={"sku": ["Not a valid sku."]})
+    return sku
 
 
 def storable(value):

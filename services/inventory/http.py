@@ -14,9 +14,8 @@ import logging
 from urllib.parse import quote
 
 from services.common.http.auth import BearerAuth
-from services.common.errors import NotFound
 from services.common.http.front_door import http, json_response, read_json, read_query
-from services.common.validation import is_sku
+from services.common.validation import known_sku
 
 from . import handlers
 from .openapi import openapi_document
@@ -47,7 +46,7 @@ class AdminHttpApi:
         self._admin(request)
         read_query(request, empty_query_schema)
         with self.uow as uow:
-            return handlers.get_product(uow, _known_sku(sku))
+            return handlers.get_product(uow, known_sku(sku))
 
     @http("POST", "/products")
     def http_create_product(self, request):
@@ -65,7 +64,7 @@ class AdminHttpApi:
     def http_update_product(self, request, sku):
         identity = self._admin(request)
         read_query(request, empty_query_schema)
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         changes = read_json(request, ProductChangesBody())
         with self.uow as uow:
             product = handlers.update_product(uow, sku, changes)
@@ -76,7 +75,7 @@ class AdminHttpApi:
     def http_restock(self, request, sku):
         identity = self._admin(request)
         read_query(request, empty_query_schema)
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         data = read_json(request, RestockSchema())
         with self.uow as uow:
             product = handlers.restock(uow, sku, data["quantity"])
@@ -86,10 +85,3 @@ class AdminHttpApi:
     @http("GET", "/openapi.json", ops=True)
     def http_openapi(self, request):
         return json_response(200, openapi_document())
-
-
-def _known_sku(sku):
-    # checked here so the database never sees a string that cannot be a sku
-    if not is_sku(sku):
-        raise NotFound("No product with sku {}.".format(sku[:80]), details={"sku": ["Not a valid sku."]})
-    return sku

@@ -23,7 +23,7 @@ from services.common.shutdown import GracefulShutdown
 from services.common.observability.telemetry import Telemetry
 from services.common.observability.tracing import Tracer
 from services.common.uow import UnitOfWork, handles
-from services.common.validation import MAX_ORDER_ID, is_sku, storable
+from services.common.validation import MAX_ORDER_ID, known_sku, storable
 
 from . import domain, events, handlers  # noqa: F401  (domain: tests replace its rules here)
 from .http import AdminHttpApi
@@ -61,14 +61,14 @@ class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def update_product(self, sku, **changes):
         """Change name, price or active; orders learns of it by event."""
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         data = load_input(ProductChangesSchema(), changes)
         with self.uow as uow:
             return handlers.update_product(uow, sku, data)
 
     @rpc(expected_exceptions=NotFound)
     def get_product(self, sku):
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         with self.uow.read_only() as uow:
             return handlers.get_product(uow, sku)
 
@@ -80,14 +80,14 @@ class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     @rpc(expected_exceptions=(InvalidInput, NotFound))
     def restock(self, sku, quantity):
         """Add ``quantity`` to the stock on hand, which stays within MAX_STOCK (a typed error otherwise)."""
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         quantity = load_input(QuantitySchema(), {"quantity": quantity})["quantity"]
         with self.uow as uow:
             return handlers.restock(uow, sku, quantity)
 
     @rpc(expected_exceptions=NotFound)
     def get_stock(self, sku):
-        sku = _known_sku(sku)
+        sku = known_sku(sku)
         with self.uow.read_only() as uow:
             return handlers.get_stock(uow, sku)
 
@@ -115,10 +115,3 @@ class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     @handles("orders", "order_cancelled", order_cancelled_schema)
     def release_stock(self, uow, event):
         handlers.release_stock(uow, event.data["order_id"])
-
-
-def _known_sku(sku):
-    """What cannot be a sku is not looked up: NotFound, as over HTTP."""
-    if not is_sku(sku):
-        raise NotFound("No product with sku {!r}.".format(sku)[:120], details={"sku": ["Not a valid sku."]})
-    return sku

@@ -24,7 +24,7 @@ from services.common.messaging.brokers import ssl_options
 from services.common.errors import NotFound
 from services.common.observability.health import check_broker, check_database, readiness
 from services.common.http.front_door import Forbidden, http, json_response, read_headers, read_json, read_query
-from services.common.validation import is_sku, order_id_or_none
+from services.common.validation import known_sku, order_id_or_none
 
 from . import domain, handlers, ratelimit
 from .openapi import openapi_document
@@ -159,15 +159,7 @@ class HttpApi:
     @http("GET", "/products/<string:sku>")
     def http_get_product(self, request, sku):
         read_query(request, empty_query_schema)
-        return product_schema.dump(self.inventory.get_product(self._known_sku(sku)))
-
-    @staticmethod
-    def _known_sku(sku):
-        # checked here so inventory (and its database) never sees a string
-        # that cannot be a sku (NUL bytes, 10 kB, ...)
-        if not is_sku(sku):
-            raise NotFound("No product with sku {}.".format(sku[:80]), details={"sku": ["Not a valid sku."]})
-        return sku
+        return product_schema.dump(self.inventory.get_product(known_sku(sku)))
 
     # operations --------------------------------------------------------------------
 
