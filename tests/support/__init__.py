@@ -1,7 +1,7 @@
 """What tests of every tier share: running systems, brokers, proxies, fakes, and waiting.
 
 - ``waiting``: ``eventually``, the one way to wait for a condition.
-- ``workers``: ``service_worker``, a unit-test worker with a real unit of work.
+- ``workers``: ``service_worker``, a unit-test worker with a real unit of work; ``http_routes``.
 - ``tokens``: bearer tokens and the settings that make the services trust them.
 - ``system``: the three services as real ``nameko run`` processes.
 - ``faults``: the fault tests' order stream, database checks and ``FaultRun``.
@@ -17,7 +17,7 @@ nothing heavy: child processes run modules of it (``python -m
 tests.support.notifications_fakes``) and should start in a blink.
 """
 from tests.support.waiting import GiveUp, eventually  # noqa: F401
-from tests.support.workers import service_worker  # noqa: F401
+from tests.support.workers import http_routes, service_worker  # noqa: F401
 
 
 def free_port():

@@ -15,3 +15,15 @@ def service_worker(service_class, **dependencies):
     if hasattr(settings, "for_config"):  # settings read from the config the test gives
         worker.settings = settings.for_config(dependencies.get("config") or {})
     return worker
+
+
+def http_routes(service_class):
+    """``{(method, OpenAPI path)}`` of every JSON ``@http`` entrypoint of ``service_class``."""
+    from services.common.http.front_door import JsonHttpHandler
+    routes = set()
+    for name in dir(service_class):
+        for entrypoint in getattr(getattr(service_class, name), "nameko_entrypoints", ()):
+            if isinstance(entrypoint, JsonHttpHandler):
+                path = entrypoint.url.replace("<string:", "{").replace(">", "}")
+                routes |= {(method.lower(), path) for method in entrypoint.method.split(",")}
+    return routes

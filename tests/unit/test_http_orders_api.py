@@ -9,7 +9,6 @@ from sqlalchemy import update
 
 from services.common.errors import Conflict, InvalidInput
 from services.common.messaging.events import new_event, utcnow
-from services.common.http.front_door import JsonHttpHandler
 from services.orders import handlers
 from services.common.http.auth import TokenVerifier
 from services.orders.models import IdempotencyKey, Order
@@ -17,7 +16,7 @@ from services.orders.openapi import build_spec, openapi_document
 from services.orders.schemas import decode_cursor, encode_cursor
 from services.orders.service import OrdersService
 from services.orders.settings import OrdersSettings
-from tests.support import service_worker, tokens
+from tests.support import http_routes, service_worker, tokens
 
 
 @pytest.fixture
@@ -125,28 +124,17 @@ def test_cursors_are_opaque_round_trips_and_forgeries_are_refused():
             decode_cursor(forged)
 
 
-def _routes():
-    """(method, OpenAPI path) of every @http entrypoint of the service."""
-    routes = set()
-    for name in dir(OrdersService):
-        for entrypoint in getattr(getattr(OrdersService, name), "nameko_entrypoints", ()):
-            if isinstance(entrypoint, JsonHttpHandler):
-                path = entrypoint.url.replace("<string:", "{").replace(">", "}")
-                routes |= {(method.lower(), path) for method in entrypoint.method.split(",")}
-    return routes
-
-
 def test_orders_serves_no_catalogue_writes():
     """Catalogue writes are inventory's (its admin API): orders' broker user needs none of its write RPCs."""
-    assert {path for method, path in _routes() if path.startswith("/products")} == {"/products", "/products/{sku}"}
-    assert {method for method, path in _routes() if path.startswith("/products")} == {"get"}
+    assert {path for method, path in http_routes(OrdersService) if path.startswith("/products")} == {"/products", "/products/{sku}"}
+    assert {method for method, path in http_routes(OrdersService) if path.startswith("/products")} == {"get"}
 
 
 def test_the_document_describes_every_route_and_only_those():
     doc = build_spec().to_dict()
     documented = {(method, path) for path, item in doc["paths"].items()
                   for method in item if method in ("get", "post", "put", "patch", "delete")}
-    assert documented == _routes()
+    assert documented == http_routes(OrdersService)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             if method == "parameters":

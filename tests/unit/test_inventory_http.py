@@ -9,10 +9,10 @@ from werkzeug.wrappers import Request
 
 from services.common.http.auth import TokenVerifier
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.http.front_door import Forbidden, JsonHttpHandler, Unauthorized
+from services.common.http.front_door import Forbidden, Unauthorized
 from services.inventory.openapi import build_spec
 from services.inventory.service import InventoryService
-from tests.support import service_worker, tokens
+from tests.support import http_routes, service_worker, tokens
 
 
 @pytest.fixture
@@ -91,21 +91,11 @@ def test_bad_input_is_a_4xx_naming_the_field_and_nothing_is_written(inventory):
     assert inventory.get_product("B")["on_hand"] == 2
 
 
-def _routes():
-    routes = set()
-    for name in dir(InventoryService):
-        for entrypoint in getattr(getattr(InventoryService, name), "nameko_entrypoints", ()):
-            if isinstance(entrypoint, JsonHttpHandler):
-                path = entrypoint.url.replace("<string:", "{").replace(">", "}")
-                routes |= {(method.lower(), path) for method in entrypoint.method.split(",")}
-    return routes
-
-
 def test_the_document_describes_every_route_and_only_those():
     doc = build_spec().to_dict()
     documented = {(method, path) for path, item in doc["paths"].items()
                   for method in item if method in ("get", "post", "put", "patch", "delete")}
-    assert documented == _routes()
+    assert documented == http_routes(InventoryService)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
