@@ -1,8 +1,11 @@
 """The SDK's in-memory exporter on this process's tracer provider, for in-process telemetry tests.
 
-The tracer provider is global and can be set once per process: if a service
-container already installed one (``telemetry.configure``), the exporter is
-added to it, otherwise a provider is installed first.
+The tracer provider is global and can be set once per process. The root
+conftest installs one that records every trace (``install_provider``) before
+any test runs, so the in-process service containers keep it
+(``telemetry.configure`` keeps a provider it finds) instead of installing
+theirs, which records only the traces a caller asked for when no exporter
+is configured.
 """
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,13 +15,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 _exporter = None
 
 
+def install_provider():
+    """This process's tracer provider, installed if none is: the SDK's, recording every trace."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    return trace.get_tracer_provider()
+
+
 def memory_exporter():
     global _exporter
     if _exporter is None:
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            trace.set_tracer_provider(TracerProvider())
-            provider = trace.get_tracer_provider()
+        provider = install_provider()
         _exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(_exporter))
     _exporter.clear()

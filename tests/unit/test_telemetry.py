@@ -114,3 +114,55 @@ def test_json_log_lines_carry_the_trace_id(spans):
     with trace.get_tracer("test").start_as_current_span("entrypoint") as span:
         line = json.loads(ServiceJsonFormatter().format(record))
     assert (line["trace_id"], line["span_id"]) == hex_ids(span)[:2]
+
+
+@pytest.fixture
+def unexported_provider(monkeypatch):
+    """The provider ``configure`` installs when no OTLP endpoint is configured."""
+    for key in telemetry.ENDPOINT_KEYS + ("OTEL_TRACES_SAMPLER",):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
+    installed = []
+    monkeypatch.setattr(trace, "set_tracer_provider", installed.append)
+    telemetry.configure("orders", {})
+    [provider] = installed
+    return provider
+
+
+def test_with_no_endpoint_an_untraced_call_is_not_recorded_but_its_ids_travel(unexported_provider):
+    span = unexported_provider.get_tracer("test").start_span("work", context=telemetry.extract({}))
+    assert not span.is_recording()
+    assert span.get_span_context().is_valid
+    version, trace_id, span_id, flags = telemetry.inject(trace.set_span_in_context(span))["traceparent"].split("-")
+    assert (trace_id, span_id) == ("{:032x}".format(span.get_span_context().trace_id),
+                                   "{:016x}".format(span.get_span_context().span_id))
+    assert not int(flags, 16) & 1  # not sampled: the next service records nothing either
+
+
+@pytest.mark.parametrize("flags, recorded", [("01", True), ("00", False)])
+def test_with_no_endpoint_the_callers_sampling_decision_is_kept(unexported_provider, flags, recorded):
+    parent = telemetry.extract({"traceparent": "00-{}-{}-{}".format(TRACE_ID, SPAN_ID, flags)})
+    span = unexported_provider.get_tracer("test").start_span("work", context=parent)
+    assert span.is_recording() is recorded
+    assert format(span.get_span_context().trace_id, "032x") == TRACE_ID
+
+
+def test_a_trace_not_recorded_gets_no_unit_of_work_span(spans, tmp_path):
+    engine = create_engine("sqlite:///{}".format(tmp_path / "uow.sqlite3"))
+    unsampled = trace.NonRecordingSpan(trace.SpanContext(
+        int(TRACE_ID, 16), int(SPAN_ID, 16), is_remote=False, trace_flags=trace.TraceFlags(0)))
+    with trace.use_span(unsampled):
+        with Session(engine) as session:
+            session.execute(text("SELECT 1")).all()
+            stored = telemetry.current_traceparent(session)
+    engine.dispose()
+    assert spans.get_finished_spans() == ()
+    assert stored == "00-{}-{}-00".format(TRACE_ID, SPAN_ID)  # the outbox row still carries the trace
+
+
+def test_events_of_a_trace_not_recorded_carry_its_traceparent_without_a_span(spans):
+    unsampled = "00-{}-{}-00".format(TRACE_ID, SPAN_ID)
+    publish = telemetry.PublishSpans([("e1", "order_created", "orders.events", unsampled)])
+    assert publish.headers("e1") == {"nameko.traceparent": unsampled}
+    publish.end(["e1"])
+    assert spans.get_finished_spans() == ()

@@ -23,9 +23,13 @@ is ignored and the call starts a new trace; it never fails the call.
 
 Spans are exported over OTLP/HTTP (protobuf) when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set in the
-environment or in config.yaml, and go nowhere otherwise; trace ids still
-appear in JSON log lines (``logs.py``). ``service.name`` is the nameko
-service name unless ``OTEL_SERVICE_NAME`` says otherwise.
+environment or in config.yaml. Otherwise a trace is recorded only if the
+caller's ``traceparent`` asked for it (sampled flag): the usual untraced call
+gets trace and span ids, carried on and logged in JSON log lines
+(``logs.py``), without the cost of recording spans that go nowhere, and its
+units of work and published events get no spans of their own.
+``service.name`` is the nameko service name unless ``OTEL_SERVICE_NAME``
+says otherwise.
 """
 import logging
 import os
@@ -36,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import event
@@ -124,8 +129,12 @@ def configure(service_name, config=None):
     if isinstance(current, TracerProvider):
         return current
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service_name})
-    provider = TracerProvider(resource=resource)
     key, endpoint = otlp_endpoint(config)
+    # nowhere to send spans: record only the traces a caller asked for (the
+    # SDK's default sampler, ParentBased(ALWAYS_ON), records every one), unless
+    # OTEL_TRACES_SAMPLER says otherwise (the SDK reads it when given None)
+    chosen = endpoint or os.environ.get("OTEL_TRACES_SAMPLER")
+    provider = TracerProvider(resource=resource, sampler=None if chosen else ParentBased(ALWAYS_OFF))
     if endpoint:
         # imported only when used: it brings requests and protobuf along
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -262,8 +271,8 @@ def _unit_of_work_begins(session, transaction, connection):
     if _SPAN in session.info or transaction.nested or transaction.parent is not None:
         return
     parent = trace.get_current_span()
-    if not parent.get_span_context().is_valid:
-        return  # background work (relay, clean-ups): no trace to join
+    if not parent.is_recording():
+        return  # background work (relay, clean-ups), or a trace not recorded: no span to add
     session.info[_SPAN] = tracer().start_span(
         "unit of work", kind=SpanKind.CLIENT,
         attributes={"db.system": connection.dialect.name, "db.operation.name": "transaction"})
@@ -296,14 +305,20 @@ class PublishSpans:
     ``headers(event_id)`` gives the message headers that make the consumer's
     span a child of this one; ``end(confirmed_ids)`` ends them all, marking
     those the broker did not confirm as errors. Events without a valid
-    stored traceparent get no span and no trace headers.
+    stored traceparent get no span and no trace headers; those of a trace
+    not sampled get no span and carry the stored traceparent on.
     """
 
     def __init__(self, messages):
         self.spans = {}
+        self.passed_on = {}  # event id -> traceparent of a trace not recorded
         for event_id, event_type, exchange, traceparent in messages:
             parent = extract({TRACEPARENT: traceparent})
-            if not trace.get_current_span(parent).get_span_context().is_valid:
+            parent_context = trace.get_current_span(parent).get_span_context()
+            if not parent_context.is_valid:
+                continue
+            if not parent_context.trace_flags.sampled:
+                self.passed_on[event_id] = traceparent
                 continue
             span = tracer().start_span(
                 "{} publish".format(event_type), context=parent, kind=SpanKind.PRODUCER,
@@ -315,7 +330,8 @@ class PublishSpans:
     def headers(self, event_id):
         span = self.spans.get(event_id)
         if span is None:
-            return {}
+            passed_on = self.passed_on.get(event_id)
+            return {"nameko." + TRACEPARENT: passed_on} if passed_on else {}
         return {"nameko." + key: value for key, value in inject(trace.set_span_in_context(span)).items()}
 
     def end(self, confirmed):
