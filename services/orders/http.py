@@ -58,6 +58,8 @@ class HttpApi:
         return identity
 
     def _rate_limit(self, bucket, limit):
+        if limit <= 0:  # switched off: no unit of work at all
+            return
         refused = None
         with self.uow as uow:
             try:
