@@ -495,16 +495,20 @@ _profilers = []
 def profile_start(args, work, system, instances):
     """py-spy records every service process for the whole run, as collapsed stacks.
 
-    Only samples where a thread was running on a CPU are kept (no ``--idle``):
-    the question is where the CPU goes. With ``--idle`` a send() that waits
-    while the broker is woken on the same core looks like the biggest cost.
+    Only samples taken while a thread holds the GIL are kept (``--gil``): the
+    question is where the CPU goes. Without it, py-spy also counts time an
+    eventlet process spends waiting in the hub, and the totals per order no
+    longer follow the CPU the meter measures; with ``--idle`` a send() that
+    waits while the broker is woken on the same core looks like the biggest
+    cost. 200 samples a second; the samplers take CPU too, so a profiled
+    run's throughput is not a result.
     """
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     for (service, instance), process in system.processes.items():
         out = os.path.join(OUT_DIR, "profile-{}-{}.{}.txt".format(instances, service, instance))
         _profilers.append(subprocess.Popen(
-            [spy, "record", "--pid", str(process.pid), "--rate", "100", "--format", "raw", "--output", out,
-             "--nonblocking"],
+            [spy, "record", "--pid", str(process.pid), "--rate", "200", "--gil", "--format", "raw",
+             "--output", out, "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
