@@ -113,6 +113,46 @@ def test_sqlite_checkpoints_happen_in_the_checkpointer_thread_not_in_commits(tmp
     engine.dispose()
 
 
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"])
+def test_sqlite_write_transactions_hold_the_lock_from_begin_and_reads_take_none(tmp_path, scheme):
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from services.common.db.database import make_engine, read_only
+
+    path = tmp_path / "service.sqlite3"
+    engine = make_engine("{}:///{}".format(scheme, path))
+    other = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (a TEXT)"))
+        with engine.begin() as connection:
+            connection.execute(text("SELECT count(*) FROM t")).scalar()  # reads only, yet holds the lock
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        with read_only(engine.connect()) as connection:
+            with connection.begin():
+                connection.execute(text("SELECT count(*) FROM t")).scalar()
+                other.execute("BEGIN IMMEDIATE")  # a reader leaves the lock free
+                other.execute("ROLLBACK")
+                with pytest.raises(Exception, match="readonly"):
+                    connection.execute(text("INSERT INTO t VALUES ('x')"))
+        with engine.begin() as connection:  # the same pooled connection writes again
+            connection.execute(text("INSERT INTO t VALUES ('y')"))
+            assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 1
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_sqlite_through_another_driver_is_refused():
+    from services.common.db.database import make_engine
+
+    with pytest.raises(ValueError, match="pysqlite"):
+        make_engine("sqlite+pysqlcipher:///x.db")
+
+
 @pytest.mark.parametrize("service", ["orders", "inventory", "notifications"])
 def test_every_consumer_of_every_service_survives_a_reset_connection(service):
     """Event handlers, RPC entrypoints and RPC reply listeners alike: one plain
