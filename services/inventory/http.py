@@ -38,14 +38,14 @@ class AdminHttpApi:
     def http_list_products(self, request):
         self._admin(request)
         read_query(request, empty_query_schema)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return {"products": handlers.list_products(uow)}
 
     @http("GET", "/products/<string:sku>")
     def http_get_product(self, request, sku):
         self._admin(request)
         read_query(request, empty_query_schema)
-        with self.uow as uow:
+        with self.uow.read_only() as uow:
             return handlers.get_product(uow, known_sku(sku))
 
     @http("POST", "/products")

@@ -107,3 +107,22 @@ def test_the_document_describes_every_route_and_only_those():
             if "requestBody" in operation:
                 assert {"400", "413", "415"} <= set(operation["responses"]), (method, path)
     assert doc["components"]["schemas"]["ProductChanges"]["minProperties"] == 1
+
+
+def test_admin_reads_do_not_wait_for_the_write_lock(inventory, tmp_path):
+    """GET routes read in a read-only transaction: a writer holding SQLite's lock does not hold them up."""
+    import sqlite3
+
+    import eventlet
+
+    inventory.http_create_product(request(payload=PRODUCT, authorization=ADMIN))
+    writer = sqlite3.connect(str(tmp_path / "inventory.sqlite3"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process, mid-write
+    try:
+        with eventlet.Timeout(3):
+            listed = inventory.http_list_products(request("GET", "/products", authorization=ADMIN))
+            one = inventory.http_get_product(request("GET", "/products/B", authorization=ADMIN), "B")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert [product["sku"] for product in listed["products"]] == ["B"] and one["sku"] == "B"
