@@ -5,7 +5,9 @@ import json
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content
+from services.common.http.openapi import (
+    ErrorSchema, bearer_scheme, error_refs, error_responses, json_body, json_content, path_param, ref,
+)
 from services.common.validation import SKU_PATTERN
 
 from .schemas import NewProductSchema, ProductChangesSchema, ProductListSchema, ProductSchema, RestockSchema
@@ -49,7 +51,7 @@ WITH_BODY = ("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")
 
 
 def _errors(*names):
-    return {str(ERRORS[name][0]): {"$ref": "#/components/responses/{}".format(name)} for name in names}
+    return error_refs(ERRORS, *names)
 
 
 def build_spec():
@@ -61,19 +63,13 @@ def build_spec():
                                 ("ProductChanges", ProductChangesSchema, {"minProperties": 1}),
                                 ("Restock", RestockSchema, None)):
         spec.components.schema(name, extra, schema=schema)
-    for name, (_, description) in ERRORS.items():
-        spec.components.response(name, json_content({"$ref": "#/components/schemas/Error"}, description))
+    error_responses(spec, ERRORS)
     bearer_scheme(spec, "is needed for every route of this API")
 
-    def ref(name):
-        return {"$ref": "#/components/schemas/{}".format(name)}
-
     def body(name):
-        return {"required": True,
-                "content": {"application/json": {"schema": ref(name), "example": EXAMPLES[name]}}}
+        return json_body(name, EXAMPLES[name])
 
-    sku = {"in": "path", "name": "sku", "required": True, "description": "The product's sku.",
-           "schema": {"type": "string", "pattern": SKU_PATTERN}, "example": "WIDGET-1"}
+    sku = path_param("sku", "The product's sku.", SKU_PATTERN, example="WIDGET-1")
     spec.path(path="/products", operations={
         "get": {
             "operationId": "adminListProducts", "tags": ["catalogue"], "security": ADMIN,

@@ -12,7 +12,9 @@ import json
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from services.common.http.openapi import ErrorSchema, bearer_scheme, json_content as _json
+from services.common.http.openapi import (
+    ErrorSchema, bearer_scheme, error_refs, error_responses, json_body, json_content as _json, path_param, ref,
+)
 from services.common.validation import SKU_PATTERN
 
 from .schemas import (
@@ -64,18 +66,11 @@ Browsers may call from the origins in `CORS_ALLOWED_ORIGINS` (none by default);
 
 
 def _errors(*names):
-    return {str(ERRORS[name][0]): {"$ref": "#/components/responses/{}".format(name)} for name in names}
+    return error_refs(ERRORS, *names)
 
 
-def _path_param(name, description, pattern=None):
-    schema = {"type": "string"}
-    if pattern:
-        schema["pattern"] = pattern
-    return {"in": "path", "name": name, "required": True, "description": description, "schema": schema}
-
-
-ORDER_ID = _path_param("order_id", "The order's id (a UUID).")
-SKU = dict(_path_param("sku", "The product's sku.", SKU_PATTERN), example="WIDGET-1")
+ORDER_ID = path_param("order_id", "The order's id (a UUID).")
+SKU = path_param("sku", "The product's sku.", SKU_PATTERN, example="WIDGET-1")
 # The skus are those of the demo catalogue (scripts/seed.py).
 EXAMPLES = {
     "PlaceOrder": {"customer_email": "ann@example.com",
@@ -101,16 +96,11 @@ def build_spec(max_line_quantity=OrdersSettings.max_line_quantity,
                          ("PlaceOrder", place_order_schema(max_line_quantity, max_order_lines)),
                          ("CancelOrder", CancelOrderSchema)):
         spec.components.schema(name, schema=schema)
-    for name, (_, description) in ERRORS.items():
-        spec.components.response(name, _json({"$ref": "#/components/schemas/Error"}, description))
+    error_responses(spec, ERRORS)
     bearer_scheme(spec, "acts for any customer")
 
-    def ref(name):
-        return {"$ref": "#/components/schemas/{}".format(name)}
-
     def body(name, required=True):
-        return {"required": required,
-                "content": {"application/json": {"schema": ref(name), "example": EXAMPLES[name]}}}
+        return json_body(name, EXAMPLES[name], required)
 
     spec.path(path="/orders", operations={
         "post": {

@@ -1,4 +1,5 @@
-"""What the OpenAPI documents of the services' HTTP APIs share: the error shape and the bearer scheme."""
+"""What the OpenAPI documents of the services' HTTP APIs share: the error shape, its responses, the bearer
+scheme, and the small builders for references, bodies and path parameters."""
 from marshmallow import Schema, fields
 
 
@@ -11,6 +12,37 @@ class ErrorSchema(Schema):
 
 def json_content(schema_ref, description):
     return {"description": description, "content": {"application/json": {"schema": schema_ref}}}
+
+
+def ref(name):
+    """A reference to the component schema ``name``."""
+    return {"$ref": "#/components/schemas/{}".format(name)}
+
+
+def json_body(name, example, required=True):
+    """A JSON request body of the component schema ``name``, with an example."""
+    return {"required": required, "content": {"application/json": {"schema": ref(name), "example": example}}}
+
+
+def path_param(name, description, pattern=None, example=None):
+    schema = {"type": "string"}
+    if pattern:
+        schema["pattern"] = pattern
+    parameter = {"in": "path", "name": name, "required": True, "description": description, "schema": schema}
+    if example is not None:
+        parameter["example"] = example
+    return parameter
+
+
+def error_responses(spec, errors):
+    """Declare each of ``errors`` (``{name: (status, description)}``) as a response with the Error schema."""
+    for name, (_, description) in errors.items():
+        spec.components.response(name, json_content(ref("Error"), description))
+
+
+def error_refs(errors, *names):
+    """``{status: reference}`` of the declared error responses ``names``, for an operation's responses."""
+    return {str(errors[name][0]): {"$ref": "#/components/responses/{}".format(name)} for name in names}
 
 
 def bearer_scheme(spec, admin_means):
