@@ -4,9 +4,8 @@ its queue exists again. Real broker, no services needed."""
 import eventlet
 from kombu import Connection, Producer, Queue
 
-from services.common.messaging.consumers import dead_letter_queue, redelivery_exchange
+from services.common.messaging.consumers import redelivery_exchange
 from services.common.messaging.deadletters import list_dead_letters, replay_dead_letters
-from tests.support import eventually
 
 
 def park(amqp_uri, original_queue):
