@@ -211,6 +211,10 @@ class BatchPublisher:
             error.returned = list(self._returned)
             raise error from None
         if self._nacked:
+            # the next batch gets a new channel: in one run of tests/e2e/test_cluster.py
+            # (RabbitMQ 3.10) a channel went on refusing for minutes after the quorum
+            # queue's new leader was elected in under a second; a connection is cheap
+            self.close()
             error = PublishFailed("broker refused {} event(s)".format(len(self._nacked)))
             error.confirmed = list(self._confirmed)
             error.returned = list(self._returned)
