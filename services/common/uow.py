@@ -29,10 +29,15 @@ it behaves the same when a test replaces them (``worker_factory``); a test
 that builds a worker that way gives it ``uow=Service.uow.for_service(worker)``.
 """
 import functools
+from contextlib import contextmanager
 
 from nameko.extensions import DependencyProvider
 
-from services.common.messaging.consumers import event_handler, first_delivery
+from services.common.messaging.consumers import batched_event_handler, event_handler, first_delivery
+from services.common.observability import telemetry
+from services.common.observability.correlation import (
+    CONTEXT_KEY as CORRELATION_KEY, current_correlation_id, is_valid_correlation_id, new_correlation_id,
+    set_current_correlation_id)
 from services.common.messaging.events import parse_event
 from services.common.db.database import read_only
 
@@ -51,10 +56,10 @@ class UnitOfWork(DependencyProvider):
         self.outbox_attr = outbox
 
     def get_dependency(self, worker_ctx):
-        return self.for_service(worker_ctx.service)
+        return self.for_service(worker_ctx.service, worker_ctx)
 
-    def for_service(self, service):
-        return Work(service, self.inbox, self.db_attr, self.outbox_attr)
+    def for_service(self, service, worker_ctx=None):
+        return Work(service, self.inbox, self.db_attr, self.outbox_attr, worker_ctx)
 
 
 class NoOutbox(Exception):
@@ -74,8 +79,9 @@ class Work:
     It commits when the block ends normally and rolls back if it raises.
     """
 
-    def __init__(self, service, inbox, db_attr, outbox_attr):
+    def __init__(self, service, inbox, db_attr, outbox_attr, worker_ctx=None):
         self._service = service
+        self._worker_ctx = worker_ctx
         self._inbox = inbox
         self._db_attr = db_attr
         self._outbox_attr = outbox_attr
@@ -113,6 +119,35 @@ class Work:
         _run(on_rollback if exc_type is not None else on_commit)
         return False
 
+    @property
+    def correlation_id(self):
+        """The correlation id of what is being handled: the worker's, or in a batch the event's."""
+        if self._worker_ctx is not None:
+            return self._worker_ctx.data.get(CORRELATION_KEY)
+        return getattr(self._service, "correlation_id", None)
+
+    @contextmanager
+    def delivery(self, context, name):
+        """Handle one event of a batch as if its message had a worker of its own.
+
+        ``context`` is the message's context data. Inside, the correlation id
+        (in log lines, stored rows, outgoing headers) is the event's, and a
+        span named ``name``, child of the event's trace context, is current
+        and stored with the events it causes; what ``after_commit`` and
+        ``after_rollback`` get inside runs with the event's correlation id too.
+        """
+        data = self._worker_ctx.data
+        worker_id = data.get(CORRELATION_KEY)
+        event_id = context.get(CORRELATION_KEY)
+        data[CORRELATION_KEY] = event_id if is_valid_correlation_id(event_id) else new_correlation_id()
+        set_current_correlation_id(data[CORRELATION_KEY])
+        try:
+            with telemetry.delivery_span(self.session, context, name):
+                yield self
+        finally:
+            data[CORRELATION_KEY] = worker_id
+            set_current_correlation_id(worker_id)
+
     def first_delivery(self, event, consumer):
         """Record ``event`` in the inbox as handled by ``consumer``; False if it already was."""
         self._writing("record a delivery")
@@ -136,18 +171,23 @@ class Work:
             raise ReadOnly("a read-only unit of work cannot " + what)
 
     def after_commit(self, callback):
-        self._on_commit.append(callback)
+        self._on_commit.append((current_correlation_id(), callback))
 
     def after_rollback(self, callback):
-        self._on_rollback.append(callback)
+        self._on_rollback.append((current_correlation_id(), callback))
 
 
 def _run(callbacks):
-    for callback in callbacks:
-        callback()
+    now = current_correlation_id()
+    try:
+        for correlation_id, callback in callbacks:
+            set_current_correlation_id(correlation_id)
+            callback()
+    finally:
+        set_current_correlation_id(now)
 
 
-def handles(source, event_type, schema, inbox_name=None, uow="uow"):
+def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True, batch_locks=None):
     """An event entrypoint whose method runs in a unit of work, once per event.
 
     The body is parsed with ``schema`` (the consumer's own read schema; a
@@ -155,18 +195,40 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow"):
     delivery is recorded in the inbox under ``inbox_name`` (default: the
     method's name) and the method is called as ``method(self, uow, event)``
     inside the transaction; a redelivered event never reaches it.
+
+    Messages that arrive together come as one ``batch`` (see
+    ``BatchingEventHandler``): their events are applied one after another in
+    one transaction, each under its own correlation id and trace span; if
+    any of them fails, none is committed and each is handled again alone.
+    Events whose effects lock rows other events share must not make two
+    batches wait for each other: ``batch_locks(uow, events)`` runs first in
+    a batch's transaction and takes those locks in one global order (the
+    order every handler takes them in); ``batched=False`` hands every
+    message to a worker of its own.
     """
     def decorate(method):
         consumer = inbox_name or method.__name__
+        span_name = "{} process".format(event_type)
 
         @functools.wraps(method)
-        def entrypoint(self, body):
-            event = parse_event(body, schema)
-            with getattr(self, uow) as work:
-                if not work.first_delivery(event, consumer):
-                    return None
-                return method(self, work, event)
+        def entrypoint(self, body=None, batch=None):
+            work = getattr(self, uow)
+            if batch is None:
+                event = parse_event(body, schema)
+                with work:
+                    if not work.first_delivery(event, consumer):
+                        return None
+                    return method(self, work, event)
+            events = [(parse_event(body, schema), context) for body, context in batch]
+            with work:
+                if batch_locks is not None:
+                    batch_locks(work, [event for event, _ in events])
+                for event, context in events:
+                    with work.delivery(context, span_name):
+                        if work.first_delivery(event, consumer):
+                            method(self, work, event)
+            return None
 
         entrypoint.handles = (source, event_type, schema, consumer)
-        return event_handler(source, event_type)(entrypoint)
+        return (batched_event_handler if batched else event_handler)(source, event_type)(entrypoint)
     return decorate

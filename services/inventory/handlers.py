@@ -100,6 +100,17 @@ def reserve_stock(uow, order_id, lines):
         log.info("order %s: stock rejected: %s", order_id, decision.reasons)
 
 
+def lock_stock_of(uow, events):
+    """Before a batch of ``order_created``: lock every product its orders name, in sku order.
+
+    Each order takes its lines in sku order (``domain.reserve``), but a
+    batch of orders does not: two batches, one taking sku 2 then 5, the
+    other 5 then 2, would deadlock. Locked first, all in the one order,
+    they cannot.
+    """
+    store.lock_products(uow.session, sorted({line["sku"] for event in events for line in event.data["lines"]}))
+
+
 def release_stock(uow, order_id):
     """``order_cancelled``: give the reservation back, or leave a tombstone if it has not been made."""
     reservation = uow.session.get(Reservation, order_id)

@@ -108,10 +108,12 @@ class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     def ping(self):
         return "pong"
 
-    @handles("orders", "order_created", order_created_schema)
+    @handles("orders", "order_created", order_created_schema, batch_locks=handlers.lock_stock_of)
     def reserve_stock(self, uow, event):
         handlers.reserve_stock(uow, event.data["order_id"], event.data["lines"])
 
-    @handles("orders", "order_cancelled", order_cancelled_schema)
+    # not batched: a release locks the products its stored reservation names,
+    # which a batch could not lock in order beforehand (cancels are few)
+    @handles("orders", "order_cancelled", order_cancelled_schema, batched=False)
     def release_stock(self, uow, event):
         handlers.release_stock(uow, event.data["order_id"])

@@ -25,6 +25,9 @@ UNDO_LINE = (update(_products).where(_products.c.sku == bindparam("line_sku"))
 AVAILABLE = (select(_products.c.sku, _products.c.on_hand - _products.c.reserved, _products.c.active)
              .where(_products.c.sku.in_(bindparam("skus", expanding=True))))
 ALL_PRODUCTS = select(Product).order_by(Product.sku)
+# rows are locked in the order they are returned; "C" sorts as Python does (code points)
+LOCK_PRODUCTS = (select(_products.c.sku).where(_products.c.sku.in_(bindparam("skus", expanding=True)))
+                 .order_by(_products.c.sku.collate("C")).with_for_update())
 
 
 class Stock:
@@ -47,6 +50,13 @@ class Stock:
     def available(self, skus):
         rows = self.connection.execute(AVAILABLE, {"skus": skus}).all()
         return {sku: (available if active else None) for sku, available, active in rows}
+
+
+def lock_products(session, skus):
+    """Lock the rows of ``skus`` (sorted), in that order, until the transaction ends (no-op on SQLite,
+    where a writing transaction holds the whole database)."""
+    if skus and session.get_bind().dialect.name != "sqlite":
+        session.connection().execute(LOCK_PRODUCTS, {"skus": skus})
 
 
 def product(session, sku, for_update=False):

@@ -55,15 +55,15 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
     # their own names say "notify", and a redelivery must still find them.
     @handles("orders", "order_confirmed", order_event_schema, inbox_name="notify")
     def order_confirmed(self, uow, event):
-        handlers.notify(uow, event, "order_confirmed", self.sender, self.correlation_id)
+        handlers.notify(uow, event, "order_confirmed", self.sender, uow.correlation_id)
 
     @handles("orders", "order_rejected", order_event_schema, inbox_name="notify")
     def order_rejected(self, uow, event):
-        handlers.notify(uow, event, "order_rejected", self.sender, self.correlation_id)
+        handlers.notify(uow, event, "order_rejected", self.sender, uow.correlation_id)
 
     @handles("orders", "order_cancelled", order_event_schema, inbox_name="notify")
     def order_cancelled(self, uow, event):
-        handlers.notify(uow, event, "order_cancelled", self.sender, self.correlation_id)
+        handlers.notify(uow, event, "order_cancelled", self.sender, uow.correlation_id)
 
     @rpc(expected_exceptions=InvalidInput)
     def list_notifications(self, order_id=None, recipient=None, status=None, limit=100, channel=None):

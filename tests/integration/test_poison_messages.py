@@ -12,7 +12,6 @@ import pytest
 from kombu import Connection
 
 from services.common.messaging import consumers
-from services.common import uow as unit_of_work
 from services.common.messaging.consumers import ATTEMPT_HEADER
 from services.common.messaging.events import new_event
 from services.inventory import service as inventory_service
@@ -32,15 +31,18 @@ def publish_to_queue(config, body, headers):
 
 @pytest.fixture
 def handled(monkeypatch):
-    """How many times inventory's reserve_stock looked at each event id (parsed by its unit of work)."""
+    """How many times each event id was delivered to one of inventory's handlers: a message
+    requeued in a loop comes again and again. (A delivery, not a parse: a message that fails in
+    a batch is parsed again when it is handled alone, within the same delivery.)"""
     seen = {}
-    real = unit_of_work.parse_event
+    real = consumers.BatchingEventHandler.handle_message  # reserve_stock's, called per delivery
 
-    def counting(body, schema):
-        key = body.get("id") if isinstance(body, dict) else repr(body)
-        seen[key] = seen.get(key, 0) + 1
-        return real(body, schema)
-    monkeypatch.setattr(unit_of_work, "parse_event", counting)
+    def counting(handler, body, message):
+        if handler.queue.name == QUEUE:
+            key = body.get("id") if isinstance(body, dict) else repr(body)
+            seen[key] = seen.get(key, 0) + 1
+        return real(handler, body, message)
+    monkeypatch.setattr(consumers.BatchingEventHandler, "handle_message", counting)
     return seen
 
 

@@ -138,6 +138,11 @@ def test_adapters_record_an_events_identity_not_its_data():
     call, _ = adapter.get_call_args(_worker("Rpc", "x" * 1000, limit=5))
     assert len(call["summary"]) < 400
 
+    # events handled together: which ones, still not what they carry
+    other = dict(body, id="ev-2")
+    call, _ = adapter.get_call_args(_worker("BatchingEventHandler", batch=[(body, {}), (other, {})]))
+    assert call == {"event_ids": ["ev-1", "ev-2"], "event_type": "order_created"}
+
 
 def test_http_adapter_never_reads_the_body():
     from werkzeug.test import EnvironBuilder

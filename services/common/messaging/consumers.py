@@ -39,6 +39,7 @@ import eventlet
 from kombu import Exchange, Queue, binding
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY
+from nameko.exceptions import ContainerBeingKilled
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
 from nameko.timer import timer
@@ -419,6 +420,74 @@ def _minimal_headers(message):
 
 
 event_handler = ReliableEventHandler.decorator
+
+MAX_BATCH = 32  # messages one worker may take; the prefetch count usually bounds a batch first
+
+
+class BatchingEventHandler(ReliableEventHandler):
+    """An event handler that gives the messages of a queue that arrive together to one worker.
+
+    Under load a queue's messages arrive in bursts, up to the prefetch count
+    in one read from the socket. Each worker costs its dependencies' setup
+    and teardown, and each transaction a commit (on PostgreSQL a round trip
+    and a flush of the write-ahead log). The messages delivered in one turn
+    of the event loop are handled by one worker, called with
+    ``batch=[(body, context data), ...]``, in one transaction (see
+    ``services.common.uow.handles``), and all are acked only after it
+    returned, so after that transaction committed.
+
+    If the batch fails, nothing of it was committed, and each of its
+    messages is handled again on its own, by a worker of its own, with the
+    usual retries and dead letters: one bad message never holds back, nor
+    takes an attempt from, the others. A message alone is handled as
+    ``ReliableEventHandler`` handles it, called with its body.
+    """
+
+    def setup(self):
+        super().setup()
+        self._arrived = []  # (body, message) delivered since the last hand-over
+
+    def handle_message(self, body, message):
+        self._arrived.append((body, message))
+        if len(self._arrived) == 1:
+            # after the consumer has taken every message of this read
+            eventlet.spawn_n(self._hand_over)
+
+    def _hand_over(self):
+        while self._arrived:
+            batch, self._arrived = self._arrived[:MAX_BATCH], self._arrived[MAX_BATCH:]
+            if len(batch) == 1:
+                super().handle_message(*batch[0])
+                continue
+            contexts = [self.unpack_message_headers(message) for _, message in batch]
+            try:
+                self.container.spawn_worker(
+                    self, (), {"batch": [(body, context) for (body, _), context in zip(batch, contexts)]},
+                    context_data=dict(contexts[0]), handle_result=functools.partial(self._batch_result, batch))
+            except ContainerBeingKilled:
+                for _, message in batch:
+                    self.queue_consumer.requeue_message(message)
+
+    def _batch_result(self, batch, worker_ctx, result=None, exc_info=None):
+        if exc_info is None:
+            self._ack_all(batch)
+        else:
+            log.warning("%s: a batch of %d failed (%s: %s); handling each message on its own",
+                        self.queue.name, len(batch), type(exc_info[1]).__name__, error_summary(exc_info[1]))
+            # not from this worker, which still holds its slot in the pool
+            eventlet.spawn_n(self._each_alone, batch)
+        return result, exc_info
+
+    def _ack_all(self, batch):
+        for _, message in batch:
+            self.queue_consumer.ack_message(message)
+
+    def _each_alone(self, batch):
+        for body, message in batch:
+            super().handle_message(body, message)
+
+
+batched_event_handler = BatchingEventHandler.decorator
 
 
 class ProcessedEventMixin:

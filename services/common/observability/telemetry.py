@@ -33,6 +33,7 @@ says otherwise.
 """
 import logging
 import os
+from contextlib import contextmanager
 
 from nameko.extensions import DependencyProvider
 from opentelemetry import context as otel_context
@@ -294,6 +295,34 @@ def _unit_of_work_ends(session, transaction):
     committed = session.info.pop(_COMMITTED, False)
     span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
     span.end()
+
+
+@contextmanager
+def delivery_span(session, headers, name):
+    """A span for one event of a batch handled in one unit of work (``Work.delivery``).
+
+    Child of the event's own trace context (``headers``: its message's
+    context data), current inside, and the span the outbox stores with the
+    events it causes, so each event's trace goes on as if it had had a
+    worker of its own. The batch's transaction gets no span of its own.
+    """
+    parent = extract(headers)
+    span = tracer().start_span(name, context=parent, kind=SpanKind.CONSUMER)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    outer = session.info.get(_SPAN)
+    session.info[_SPAN] = span
+    try:
+        yield span
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        raise
+    finally:
+        if outer is None:
+            session.info.pop(_SPAN, None)
+        else:
+            session.info[_SPAN] = outer
+        span.end()
+        otel_context.detach(token)
 
 
 # outbox publishing --------------------------------------------------------------

@@ -91,6 +91,11 @@ class TraceAdapter(DefaultAdapter):
             body = args[0]
             return {"event_id": body.get("id"), "event_type": body.get("type"),
                     "source": body.get("source")}, True
+        batch = worker_ctx.kwargs.get("batch") if not args else None
+        if isinstance(batch, list) and len(worker_ctx.kwargs) == 1:
+            # events handled together (BatchingEventHandler): which ones, not their data
+            return {"event_ids": [_event_field(body, "id") for body, _ in batch],
+                    "event_type": _event_field(batch[0][0], "type")}, True
         if not args and not worker_ctx.kwargs:
             return {}, False
         args, kwargs = _mask_named_arguments(worker_ctx, args, dict(worker_ctx.kwargs))
@@ -99,6 +104,10 @@ class TraceAdapter(DefaultAdapter):
 
     def get_result(self, result):
         return None
+
+
+def _event_field(body, name):
+    return body.get(name) if isinstance(body, dict) else None
 
 
 def _mask_named_arguments(worker_ctx, args, kwargs):

@@ -1,0 +1,193 @@
+"""Events that arrive together are applied in one transaction, and lose none of their guarantees.
+
+Each test lets a burst of ``order_created`` events wait in inventory's queue
+while it is stopped, then starts it: the broker hands over up to the
+prefetch count at once, and they reach the handler as batches. On SQLite and
+on PostgreSQL.
+"""
+import json
+
+import pytest
+from kombu import Connection, Exchange
+from sqlalchemy import text
+
+from services.common.db.database import make_engine
+from services.common.messaging.consumers import BatchingEventHandler
+from services.common.messaging.events import new_event
+from services.inventory.service import InventoryService
+from tests.support import eventually
+
+BURST = 12
+SKUS = ("B-1", "B-2", "B-3")
+
+
+def order(n):
+    """Orders over overlapping skus, in varying order: batches that lock them unordered would deadlock."""
+    skus = [SKUS[n % 3], SKUS[(n + 2) % 3]] if n % 2 else [SKUS[(n + 1) % 3]]
+    return {"order_id": "batch-{}".format(n), "lines": [{"sku": sku, "quantity": 1} for sku in skus]}
+
+
+@pytest.fixture
+def batches(monkeypatch):
+    """The size of every batch a worker finished; ``batches.failed``: the errors of those that failed."""
+    sizes = Batches()
+    finish = BatchingEventHandler._batch_result
+
+    def counting(handler, batch, worker_ctx, result=None, exc_info=None):
+        sizes.append(len(batch))
+        if exc_info is not None:
+            sizes.failed.append(repr(exc_info[1]))
+        return finish(handler, batch, worker_ctx, result, exc_info)
+    monkeypatch.setattr(BatchingEventHandler, "_batch_result", counting)
+    return sizes
+
+
+@pytest.fixture
+def stopped_inventory(container_factory, service_config, rpc):
+    """Inventory with its products made and its queues declared, stopped; returns a starter."""
+    first = container_factory(InventoryService, service_config)
+    first.start()
+    for sku in SKUS:
+        rpc.inventory.create_product(sku, "Batch " + sku, 100, 1000)
+    first.stop()
+
+    def start():  # may be called again: a new container each time
+        container = container_factory(InventoryService, service_config)
+        container.start()
+        return container
+    return start
+
+
+class Batches(list):
+    def __init__(self):
+        super().__init__()
+        self.failed = []
+
+
+def publish(config, bodies):
+    """Each event with a correlation id of its own, ``corr-<order id>``."""
+    exchange = Exchange("orders.events", type="topic", durable=True)
+    with Connection(config["AMQP_URI"]) as connection:
+        producer = connection.Producer()
+        for body in bodies:
+            producer.publish(body, exchange=exchange, routing_key="order_created", serializer="json",
+                             headers={"nameko.correlation_id": "corr-" + body["data"]["order_id"]})
+
+
+def rows(config, query):
+    engine = make_engine(config["DB_URIS"]["inventory:InventoryBase"])
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(query)).all()
+    finally:
+        engine.dispose()
+
+
+def reserved_stock(config):
+    return dict(rows(config, "SELECT sku, reserved FROM products"))
+
+
+def expected_reserved(orders):
+    expected = {sku: 0 for sku in SKUS}
+    for data in orders:
+        for line in data["lines"]:
+            expected[line["sku"]] += line["quantity"]
+    return expected
+
+
+def decided(config):
+    return {order_id for (order_id,) in rows(config, "SELECT order_id FROM reservations")}
+
+
+def test_a_burst_is_applied_in_batches_each_event_once_under_its_own_correlation_id(
+        stopped_inventory, service_config, batches):
+    orders = [order(n) for n in range(BURST)]
+    publish(service_config, [new_event("orders", "order_created", data) for data in orders])
+    stopped_inventory()
+
+    eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every order decided")
+    assert batches and max(batches) > 1, "a burst should be handled in batches: {}".format(batches)
+    assert batches.failed == [], "batches over shared products must not deadlock"
+    assert reserved_stock(service_config) == expected_reserved(orders)
+    published = rows(service_config, "SELECT event_type, body, correlation_id FROM outbox "
+                                     "WHERE event_type = 'stock_reserved'")
+    assert len(published) == BURST, "one stock_reserved per order"
+    for _, body, correlation_id in published:
+        body = body if isinstance(body, dict) else json.loads(body)
+        assert correlation_id == "corr-" + body["data"]["order_id"], (correlation_id, body["data"])
+
+
+def test_one_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_applied(
+        stopped_inventory, service_config, rpc, batches):
+    orders = [order(n) for n in range(BURST)]
+    bodies = [new_event("orders", "order_created", data) for data in orders]
+    bad = new_event("orders", "order_created", {"order_id": "batch-bad", "lines": "not a list"})
+    publish(service_config, bodies[:5] + [bad] + bodies[5:])
+    stopped_inventory()
+
+    eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every good order decided")
+    letters = eventually(lambda: rpc.inventory.list_dead_letters(), timeout=20, message="the bad one parked")
+    assert [letter["body"]["id"] for letter in letters] == [bad["id"]], letters
+    assert letters[0]["attempts"] == 1, "the failed batch cost the bad message no attempt of its own"
+    assert batches and max(batches) > 1, batches
+    assert reserved_stock(service_config) == expected_reserved(orders), "no good order lost or applied twice"
+    assert "batch-bad" not in decided(service_config)
+
+
+def test_a_batch_committed_but_never_acked_changes_nothing_when_it_comes_again(
+        stopped_inventory, service_config, batches, monkeypatch):
+    """A process that dies between a batch's commit and its acks: the broker delivers it again."""
+    orders = [order(n) for n in range(BURST)]
+    publish(service_config, [new_event("orders", "order_created", data) for data in orders])
+    never_acked = []
+    monkeypatch.setattr(BatchingEventHandler, "_ack_all", lambda handler, batch: never_acked.extend(batch))
+    container = stopped_inventory()
+    # unacked, they fill the prefetch window: the rest waits for the next process
+    eventually(lambda: never_acked and len(decided(service_config)) >= len(never_acked), timeout=20,
+               message="a batch committed")
+    container.kill()  # its unacked messages go back to the queue
+    monkeypatch.undo()
+
+    redelivered = []
+    handle = BatchingEventHandler.handle_message
+
+    def noting(handler, body, message):
+        if message.delivery_info.get("redelivered"):
+            redelivered.append(body["id"])
+        return handle(handler, body, message)
+    monkeypatch.setattr(BatchingEventHandler, "handle_message", noting)
+    container = stopped_inventory()
+    expected_again = {body["id"] for body, _ in never_acked}
+    eventually(lambda: expected_again <= set(redelivered), timeout=20,
+               message="the batches never acked delivered again")
+    eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every order decided")
+    container.stop()
+
+    assert reserved_stock(service_config) == expected_reserved(orders), "nothing reserved twice"
+    published = rows(service_config, "SELECT event_id FROM outbox WHERE event_type = 'stock_reserved'")
+    assert len(published) == BURST, "one stock_reserved per order"
+
+
+def test_two_batches_over_the_same_products_in_crossed_order_do_not_deadlock(stopped_inventory, service_config,
+                                                                             backend):
+    """Batch one takes B-1 then B-3, batch two B-3 then B-1: locked in sku order first, neither waits
+    on the other for ever (on PostgreSQL; on SQLite a writing transaction holds the whole file)."""
+    import eventlet
+    from nameko.testing.services import entrypoint_hook
+
+    container = stopped_inventory()
+
+    def batch(*orders):
+        return [(new_event("orders", "order_created", {"order_id": order_id, "lines": [{"sku": sku, "quantity": 1}]}),
+                 {"correlation_id": "corr-" + order_id}) for order_id, sku in orders]
+
+    def run(orders):
+        with entrypoint_hook(container, "reserve_stock") as reserve:
+            reserve(batch=batch(*orders))
+
+    first = eventlet.spawn(run, [("x-1", "B-1"), ("x-2", "B-3")])
+    second = eventlet.spawn(run, [("y-1", "B-3"), ("y-2", "B-1")])
+    first.wait()  # raises what the worker raised: a deadlock would fail one of them
+    second.wait()
+    assert decided(service_config) == {"x-1", "x-2", "y-1", "y-2"}
+    assert reserved_stock(service_config) == {"B-1": 2, "B-2": 0, "B-3": 2}
