@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 from nameko.extensions import DependencyProvider
 
-from services.common.messaging.consumers import batched_event_handler, event_handler, first_delivery
+from services.common.messaging.consumers import batched_event_handler, event_handler, first_deliveries, first_delivery
 from services.common.observability import telemetry
 from services.common.observability.correlation import (
     CONTEXT_KEY as CORRELATION_KEY, current_correlation_id, is_valid_correlation_id, new_correlation_id,
@@ -153,6 +153,11 @@ class Work:
         self._writing("record a delivery")
         return first_delivery(self.session, self._inbox, event, consumer)
 
+    def first_deliveries(self, events, consumer):
+        """Record a batch's ``events`` in the inbox, in one statement; the ids not handled before."""
+        self._writing("record a delivery")
+        return first_deliveries(self.session, self._inbox, events, consumer)
+
     def publish(self, event, data):
         """Stage ``event`` (a declared ``services.<service>.events`` event, or its name) in the outbox.
 
@@ -221,12 +226,17 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True
                     return method(self, work, event)
             events = [(parse_event(body, schema), context) for body, context in batch]
             with work:
-                if batch_locks is not None:
-                    batch_locks(work, [event for event, _ in events])
+                fresh = work.first_deliveries([event for event, _ in events], consumer)
+                todo = []
                 for event, context in events:
+                    if event.id in fresh:
+                        fresh.discard(event.id)  # an id delivered twice is applied once
+                        todo.append((event, context))
+                if batch_locks is not None:
+                    batch_locks(work, [event for event, _ in todo])
+                for event, context in todo:
                     with work.delivery(context, span_name):
-                        if work.first_delivery(event, consumer):
-                            method(self, work, event)
+                        method(self, work, event)
             return None
 
         entrypoint.handles = (source, event_type, schema, consumer)

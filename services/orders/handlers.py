@@ -161,6 +161,11 @@ def change_status(uow, order_id, status, reason, owner=None):
     return order_schema.dump(_order(uow.session, order_id))
 
 
+def lock_orders_of(uow, events):
+    """Before a batch of inventory's answers: lock their orders in one statement, in id order."""
+    store.lock_orders(uow.session, [event.data["order_id"] for event in events])
+
+
 def settle(uow, event, status, reason, reasons=None):
     """Inventory's answer: move the order as it says, unless the order already moved on."""
     row = store.lock_order(uow.session, event.data["order_id"])

@@ -191,3 +191,59 @@ def test_two_batches_over_the_same_products_in_crossed_order_do_not_deadlock(sto
     second.wait()
     assert decided(service_config) == {"x-1", "x-2", "y-1", "y-2"}
     assert reserved_stock(service_config) == {"B-1": 2, "B-2": 0, "B-3": 2}
+
+
+def test_a_batch_applies_an_event_delivered_twice_in_it_or_handled_before_it_once(stopped_inventory, service_config,
+                                                                                 monkeypatch):
+    """The batch's inbox statement: one row per new event id, and only those events applied."""
+    from nameko.testing.services import entrypoint_hook
+
+    from services.inventory import handlers
+
+    applied = []
+    reserve_stock = handlers.reserve_stock
+    monkeypatch.setattr(handlers, "reserve_stock",
+                        lambda uow, order_id, lines: applied.append(order_id) or reserve_stock(uow, order_id, lines))
+    container = stopped_inventory()
+    before, twice, fresh = (new_event("orders", "order_created", order(n)) for n in (0, 1, 2))
+    with entrypoint_hook(container, "reserve_stock") as reserve:
+        reserve(before)  # alone: handled before the batch comes
+        reserve(batch=[(twice, {}), (before, {}), (twice, {}), (fresh, {})])
+    assert applied == ["batch-0", "batch-1", "batch-2"], "each event applied once"
+    assert decided(service_config) == {"batch-0", "batch-1", "batch-2"}
+    assert reserved_stock(service_config) == expected_reserved([order(0), order(1), order(2)])
+    inbox = rows(service_config, "SELECT event_id FROM processed_events WHERE consumer = 'reserve_stock'")
+    assert sorted(event_id for (event_id,) in inbox) == sorted([before["id"], twice["id"], fresh["id"]])
+
+
+def test_orders_confirms_a_batch_with_one_locking_read_and_skips_an_order_that_moved_on(
+        container_factory, service_config, rpc, monkeypatch):
+    """Orders alone: its batch of stock_reserved reads the batch's orders in one statement
+    (``lock_orders``); each is confirmed once, and one cancelled meanwhile stays cancelled."""
+    from nameko.testing.services import entrypoint_hook
+
+    from services.orders import store
+    from services.orders.service import OrdersService
+
+    container = container_factory(OrdersService, service_config)
+    container.start()
+    with entrypoint_hook(container, "update_catalogue") as update:
+        update(new_event("inventory", "product_changed",
+                         {"sku": "C-1", "name": "Cup", "price": 100, "active": True, "version": 1}))
+    placed = [rpc.orders.create_order("batch{}@example.com".format(n), [{"sku": "C-1", "quantity": 1}])["id"]
+              for n in range(4)]
+    rpc.orders.cancel_order(placed[2], "changed my mind")
+
+    batch_reads = []
+    lock_orders = store.lock_orders
+
+    def counting(session, order_ids):
+        batch_reads.append(sorted(order_ids))
+        return lock_orders(session, order_ids)
+    monkeypatch.setattr(store, "lock_orders", counting)
+    with entrypoint_hook(container, "confirm_order") as confirm:
+        confirm(batch=[(new_event("inventory", "stock_reserved", {"order_id": order_id}), {})
+                       for order_id in reversed(placed)])
+    assert batch_reads == [sorted(placed)], "one read for the batch's orders"
+    statuses = [rpc.orders.get_order(order_id)["status"] for order_id in placed]
+    assert statuses == ["confirmed", "confirmed", "cancelled", "confirmed"]

@@ -541,6 +541,34 @@ def _insert_if_new(table, dialect):
     return insert(table).on_conflict_do_nothing(index_elements=["event_id", "consumer"])
 
 
+def first_deliveries(session, model, events, consumer):
+    """Record a batch's ``events`` as handled by ``consumer``; the ids of those that were not yet.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the whole batch
+    (SQLite and PostgreSQL; other databases: ``first_delivery`` per event),
+    in the transaction that applies their effects, with the guarantees of
+    ``first_delivery``. An id twice in ``events`` counts once.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        return {event.id for event in events if first_delivery(session, model, event, consumer)}
+    now = utcnow()
+    rows = {event.id: {"event_id": event.id, "consumer": consumer, "processed_at": now} for event in events}
+    # executed with a list of rows, a statement with RETURNING goes out as one
+    # multi-row INSERT (SQLAlchemy's "insertmanyvalues"), prebuilt once
+    fresh = set(session.connection().execute(_insert_if_new_returning(model.__table__, dialect),
+                                             list(rows.values())).scalars())
+    for event in events:
+        if event.id not in fresh:
+            log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+    return fresh
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_if_new_returning(table, dialect):
+    return _insert_if_new(table, dialect).returning(table.c.event_id)
+
+
 def first_delivery(session, model, event, consumer):
     """Record ``event`` as handled by ``consumer``; False if it already was.
 
