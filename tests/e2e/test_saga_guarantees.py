@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from kombu import Connection
 
 from tests.support import eventually
 
@@ -13,6 +14,11 @@ from tests.support import eventually
 def statuses(system, order_ids):
     with system.rpc() as rpc:
         return [rpc.orders.get_order(order_id)["status"] for order_id in order_ids]
+
+
+def consumers(system, queue):
+    with Connection(system.config["AMQP_URI"]) as connection:
+        return connection.channel().queue_declare(queue, passive=True).consumer_count
 
 
 def all_final(system, order_ids):
@@ -25,6 +31,10 @@ def test_two_inventory_processes_never_oversell(system):
     system.start("orders", "notifications")
     system.start("inventory", instance=1)
     system.start("inventory", instance=2)
+    # ready means inventory answers RPC, which the first process already does:
+    # wait until both consume order_created, or the first may take all the work
+    eventually(lambda: consumers(system, "evt-orders-order_created--inventory.reserve_stock") == 2,
+               message="both inventory processes consuming order_created")
     system.create_products(("HOT-1", "Concert ticket", 5000, 50))
 
     def place(n):
