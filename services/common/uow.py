@@ -127,13 +127,13 @@ class Work:
         return getattr(self._service, "correlation_id", None)
 
     @contextmanager
-    def delivery(self, context, name):
+    def delivery(self, context):
         """Handle one event of a batch as if its message had a worker of its own.
 
         ``context`` is the message's context data. Inside, the correlation id
         (in log lines, stored rows, outgoing headers) is the event's, and a
-        span named ``name``, child of the event's trace context, is current
-        and stored with the events it causes; what ``after_commit`` and
+        span of its own, child of the event's trace context, is current and
+        stored with the events it causes; what ``after_commit`` and
         ``after_rollback`` get inside runs with the event's correlation id too.
         """
         data = self._worker_ctx.data
@@ -142,7 +142,7 @@ class Work:
         data[CORRELATION_KEY] = event_id if is_valid_correlation_id(event_id) else new_correlation_id()
         set_current_correlation_id(data[CORRELATION_KEY])
         try:
-            with telemetry.delivery_span(self.session, context, name):
+            with telemetry.delivery_span(self.session, self._worker_ctx, context):
                 yield self
         finally:
             data[CORRELATION_KEY] = worker_id
@@ -213,7 +213,6 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True
     """
     def decorate(method):
         consumer = inbox_name or method.__name__
-        span_name = "{} process".format(event_type)
 
         @functools.wraps(method)
         def entrypoint(self, body=None, batch=None):
@@ -235,7 +234,7 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True
                 if batch_locks is not None:
                     batch_locks(work, [event for event, _ in todo])
                 for event, context in todo:
-                    with work.delivery(context, span_name):
+                    with work.delivery(context):
                         method(self, work, event)
             return None
 

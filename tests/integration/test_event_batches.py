@@ -6,6 +6,7 @@ prefetch count at once, and they reach the handler as batches. On SQLite and
 on PostgreSQL.
 """
 import json
+import zlib
 
 import pytest
 from kombu import Connection, Exchange
@@ -64,14 +65,21 @@ class Batches(list):
         self.failed = []
 
 
+def trace_id(order_id):
+    """The trace an order's event belongs to: 32 hex digits of its own."""
+    return "{:032x}".format(zlib.crc32(order_id.encode()) + 1)
+
+
 def publish(config, bodies):
-    """Each event with a correlation id of its own, ``corr-<order id>``."""
+    """Each event with a correlation id of its own, ``corr-<order id>``, and a trace of its own."""
     exchange = Exchange("orders.events", type="topic", durable=True)
     with Connection(config["AMQP_URI"]) as connection:
         producer = connection.Producer()
         for body in bodies:
+            order_id = body["data"]["order_id"]
             producer.publish(body, exchange=exchange, routing_key="order_created", serializer="json",
-                             headers={"nameko.correlation_id": "corr-" + body["data"]["order_id"]})
+                             headers={"nameko.correlation_id": "corr-" + order_id,
+                                      "nameko.traceparent": "00-{}-{}-00".format(trace_id(order_id), "1" * 16)})
 
 
 def rows(config, query):
@@ -95,26 +103,42 @@ def expected_reserved(orders):
     return expected
 
 
+def counting_reservations(monkeypatch):
+    """The order ids inventory's reserve_stock use case was applied to, in order (its inbox let through)."""
+    from services.inventory import handlers
+
+    applied = []
+    reserve_stock = handlers.reserve_stock
+    monkeypatch.setattr(handlers, "reserve_stock",
+                        lambda uow, order_id, lines: applied.append(order_id) or reserve_stock(uow, order_id, lines))
+    return applied
+
+
 def decided(config):
     return {order_id for (order_id,) in rows(config, "SELECT order_id FROM reservations")}
 
 
 def test_a_burst_is_applied_in_batches_each_event_once_under_its_own_correlation_id(
-        stopped_inventory, service_config, batches):
+        stopped_inventory, service_config, batches, monkeypatch):
     orders = [order(n) for n in range(BURST)]
+    applied = counting_reservations(monkeypatch)
     publish(service_config, [new_event("orders", "order_created", data) for data in orders])
     stopped_inventory()
 
     eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every order decided")
     assert batches and max(batches) > 1, "a burst should be handled in batches: {}".format(batches)
     assert batches.failed == [], "batches over shared products must not deadlock"
+    assert sorted(applied) == sorted(data["order_id"] for data in orders), "each event applied once"
     assert reserved_stock(service_config) == expected_reserved(orders)
-    published = rows(service_config, "SELECT event_type, body, correlation_id FROM outbox "
+    published = rows(service_config, "SELECT event_type, body, correlation_id, traceparent FROM outbox "
                                      "WHERE event_type = 'stock_reserved'")
     assert len(published) == BURST, "one stock_reserved per order"
-    for _, body, correlation_id in published:
+    for _, body, correlation_id, traceparent in published:
         body = body if isinstance(body, dict) else json.loads(body)
-        assert correlation_id == "corr-" + body["data"]["order_id"], (correlation_id, body["data"])
+        order_id = body["data"]["order_id"]
+        assert correlation_id == "corr-" + order_id, (correlation_id, body["data"])
+        # the event it causes goes on in the trace its cause came with, not in the batch's first
+        assert traceparent.split("-")[1] == trace_id(order_id), (traceparent, order_id)
 
 
 def test_one_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_applied(
@@ -138,15 +162,16 @@ def test_a_batch_committed_but_never_acked_changes_nothing_when_it_comes_again(
         stopped_inventory, service_config, batches, monkeypatch):
     """A process that dies between a batch's commit and its acks: the broker delivers it again."""
     orders = [order(n) for n in range(BURST)]
+    applied = counting_reservations(monkeypatch)
     publish(service_config, [new_event("orders", "order_created", data) for data in orders])
     never_acked = []
-    monkeypatch.setattr(BatchingEventHandler, "_ack_all", lambda handler, batch: never_acked.extend(batch))
-    container = stopped_inventory()
-    # unacked, they fill the prefetch window: the rest waits for the next process
-    eventually(lambda: never_acked and len(decided(service_config)) >= len(never_acked), timeout=20,
-               message="a batch committed")
-    container.kill()  # its unacked messages go back to the queue
-    monkeypatch.undo()
+    with monkeypatch.context() as dying:
+        dying.setattr(BatchingEventHandler, "_ack_all", lambda handler, batch: never_acked.extend(batch))
+        container = stopped_inventory()
+        # unacked, they fill the prefetch window: the rest waits for the next process
+        eventually(lambda: never_acked and len(decided(service_config)) >= len(never_acked), timeout=20,
+                   message="a batch committed")
+        container.kill()  # its unacked messages go back to the queue
 
     redelivered = []
     handle = BatchingEventHandler.handle_message
@@ -163,6 +188,7 @@ def test_a_batch_committed_but_never_acked_changes_nothing_when_it_comes_again(
     eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every order decided")
     container.stop()
 
+    assert sorted(applied) == sorted(data["order_id"] for data in orders), "each event applied once"
     assert reserved_stock(service_config) == expected_reserved(orders), "nothing reserved twice"
     published = rows(service_config, "SELECT event_id FROM outbox WHERE event_type = 'stock_reserved'")
     assert len(published) == BURST, "one stock_reserved per order"
@@ -198,12 +224,7 @@ def test_a_batch_applies_an_event_delivered_twice_in_it_or_handled_before_it_onc
     """The batch's inbox statement: one row per new event id, and only those events applied."""
     from nameko.testing.services import entrypoint_hook
 
-    from services.inventory import handlers
-
-    applied = []
-    reserve_stock = handlers.reserve_stock
-    monkeypatch.setattr(handlers, "reserve_stock",
-                        lambda uow, order_id, lines: applied.append(order_id) or reserve_stock(uow, order_id, lines))
+    applied = counting_reservations(monkeypatch)
     container = stopped_inventory()
     before, twice, fresh = (new_event("orders", "order_created", order(n)) for n in (0, 1, 2))
     with entrypoint_hook(container, "reserve_stock") as reserve:

@@ -81,6 +81,27 @@ def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
     assert failed.value.confirmed == []
 
 
+def test_a_refused_batch_drops_its_channel_and_the_next_batch_goes_out_on_a_new_one(rabbit_config):
+    """A queue full with ``reject-publish`` makes the broker nack: the batch fails with what was
+    confirmed, and the channel that saw the refusal is not used again."""
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    full = Queue("outbox-full", exchange=exchange, routing_key="#", durable=False, auto_delete=False,
+                 queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    with Connection(rabbit_config["AMQP_URI"]) as connection:
+        full(connection.channel()).declare()
+    publisher = BatchPublisher(rabbit_config["AMQP_URI"], exchange)
+    first, second, third = (new_event("bench", "thing_happened", {"n": n}) for n in range(3))
+    try:
+        with pytest.raises(PublishFailed, match="refused 1") as failed:
+            publisher.publish([("thing_happened", body, {}) for body in (first, second)])
+        assert failed.value.confirmed == [first["id"]]
+        assert publisher._connection is None, "the refusing channel is dropped"
+        drain(rabbit_config["AMQP_URI"], full)
+        assert publisher.publish([("thing_happened", third, {})]) == [third["id"]]
+    finally:
+        publisher.close()
+
+
 @pytest.fixture
 def orders_outbox(rabbit_config, make_database):
     """The orders service's outbox provider on its own, outside a container."""

@@ -532,6 +532,13 @@ class InboxRetention:
         return removed
 
 
+UPSERT_DIALECTS = ("sqlite", "postgresql")  # where the inbox is an INSERT ... ON CONFLICT DO NOTHING
+
+
+def _skipped(consumer, event):
+    log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+
+
 @functools.lru_cache(maxsize=None)
 def _insert_if_new(table, dialect):
     if dialect == "sqlite":
@@ -550,7 +557,7 @@ def first_deliveries(session, model, events, consumer):
     ``first_delivery``. An id twice in ``events`` counts once.
     """
     dialect = session.get_bind().dialect.name
-    if dialect not in ("sqlite", "postgresql"):
+    if dialect not in UPSERT_DIALECTS:
         return {event.id for event in events if first_delivery(session, model, event, consumer)}
     now = utcnow()
     rows = {event.id: {"event_id": event.id, "consumer": consumer, "processed_at": now} for event in events}
@@ -560,7 +567,7 @@ def first_deliveries(session, model, events, consumer):
                                              list(rows.values())).scalars())
     for event in events:
         if event.id not in fresh:
-            log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+            _skipped(consumer, event)
     return fresh
 
 
@@ -580,7 +587,7 @@ def first_delivery(session, model, event, consumer):
     applies the effect. Other databases fall back to read-then-add.
     """
     dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
+    if dialect in UPSERT_DIALECTS:
         # on the session's own connection (same transaction), with a statement
         # built once: this runs for every event every consumer handles
         inserted = session.connection().execute(
@@ -588,13 +595,13 @@ def first_delivery(session, model, event, consumer):
             {"event_id": event.id, "consumer": consumer, "processed_at": utcnow()},
         ).rowcount
         if not inserted:
-            log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+            _skipped(consumer, event)
         return bool(inserted)
     seen = session.execute(
         select(model.event_id).where(model.event_id == event.id, model.consumer == consumer)
     ).first()
     if seen:
-        log.info("%s: event %s (%s) already handled; skipped", consumer, event.id, event.type)
+        _skipped(consumer, event)
         return False
     session.add(model(event_id=event.id, consumer=consumer))
     return True

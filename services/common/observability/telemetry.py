@@ -298,16 +298,17 @@ def _unit_of_work_ends(session, transaction):
 
 
 @contextmanager
-def delivery_span(session, headers, name):
+def delivery_span(session, worker_ctx, headers):
     """A span for one event of a batch handled in one unit of work (``Work.delivery``).
 
-    Child of the event's own trace context (``headers``: its message's
-    context data), current inside, and the span the outbox stores with the
-    events it causes, so each event's trace goes on as if it had had a
-    worker of its own. The batch's transaction gets no span of its own.
+    Named and described as the span of a worker of its own would be, child
+    of the event's own trace context (``headers``: its message's context
+    data), current inside, and the span the outbox stores with the events it
+    causes, so each event's trace goes on as if it had had a worker of its own.
     """
     parent = extract(headers)
-    span = tracer().start_span(name, context=parent, kind=SpanKind.CONSUMER)
+    name, attributes = _span_name_and_attributes(worker_ctx, "event")
+    span = tracer().start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     outer = session.info.get(_SPAN)
     session.info[_SPAN] = span
