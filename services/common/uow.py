@@ -192,7 +192,7 @@ def _run(callbacks):
         set_current_correlation_id(now)
 
 
-def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True, batch_locks=None):
+def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True, prepare_batch=None):
     """An event entrypoint whose method runs in a unit of work, once per event.
 
     The body is parsed with ``schema`` (the consumer's own read schema; a
@@ -206,9 +206,10 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True
     one transaction, each under its own correlation id and trace span; if
     any of them fails, none is committed and each is handled again alone.
     Events whose effects lock rows other events share must not make two
-    batches wait for each other: ``batch_locks(uow, events)`` runs first in
-    a batch's transaction and takes those locks in one global order (the
-    order every handler takes them in); ``batched=False`` hands every
+    batches wait for each other: ``prepare_batch(uow, events)`` runs first
+    in a batch's transaction and takes those locks in one global order (the
+    order every handler takes them in), reading in the same statements what
+    each event would otherwise read alone; ``batched=False`` hands every
     message to a worker of its own.
     """
     def decorate(method):
@@ -231,8 +232,8 @@ def handles(source, event_type, schema, inbox_name=None, uow="uow", batched=True
                     if event.id in fresh:
                         fresh.discard(event.id)  # an id delivered twice is applied once
                         todo.append((event, context))
-                if batch_locks is not None:
-                    batch_locks(work, [event for event, _ in todo])
+                if prepare_batch is not None:
+                    prepare_batch(work, [event for event, _ in todo])
                 for event, context in todo:
                     with work.delivery(context):
                         method(self, work, event)

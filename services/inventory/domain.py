@@ -78,34 +78,22 @@ def as_lines(quantities):
     return [{"sku": sku, "quantity": quantity} for sku, quantity in sorted(quantities.items())]
 
 
-def reserve(order_id, lines, stock):
+def reserve(order_id, lines, available):
     """Reserve every line of an order, or none: the ``Decision`` and the event it causes.
 
-    ``stock`` takes a line (``take(sku, quantity)``: False when it does not
-    fit; each take is atomic where the stock is kept), gives one back
-    (``give_back``) and says what is available (``available(skus)``: {sku:
-    quantity, or None for an inactive product}; a missing sku is unknown).
-    Lines are taken in sku order, so two orders cannot deadlock; when one does
-    not fit, those already taken are given back before anything commits.
+    ``available`` is the stock as it stands for this decision: {sku: quantity
+    available, or None for an inactive product}, covering the order's skus (a
+    missing sku is unknown). The caller holds it still (locked) until the
+    decision is written, so the decision needs no further look.
     """
     requested = quantities_by_sku(lines)
-    taken = []
-    for sku, quantity in requested.items():
-        if not stock.take(sku, quantity):
-            for done_sku, done_quantity in taken:
-                stock.give_back(done_sku, done_quantity)
-            reasons = [shortfall.to_dict() for shortfall in explain(requested, stock.available(list(requested)), sku)]
-            return Decision(REJECTED, requested, reasons,
-                            [(events.STOCK_REJECTED, {"order_id": order_id, "reasons": reasons})])
-        taken.append((sku, quantity))
+    found = shortfalls(requested, available)
+    if found:
+        reasons = [shortfall.to_dict() for shortfall in found]
+        return Decision(REJECTED, requested, reasons,
+                        [(events.STOCK_REJECTED, {"order_id": order_id, "reasons": reasons})])
     return Decision(RESERVED, requested, None,
                     [(events.STOCK_RESERVED, {"order_id": order_id, "lines": as_lines(requested)})])
-
-
-def explain(requested, available, failed_sku):
-    """Why the order did not fit; the line that failed if the stock came back meanwhile."""
-    return shortfalls(requested, available) or [
-        Shortfall(failed_sku, INSUFFICIENT_STOCK, requested[failed_sku], available.get(failed_sku) or 0)]
 
 
 def cancel(order_id, reservation, products):

@@ -91,7 +91,10 @@ def reserve_stock(uow, order_id, lines):
     if store.is_decided(uow.session, order_id):
         log.info("order %s already has a reservation decision; nothing to do", order_id)
         return
-    decision = domain.reserve(order_id, lines, store.Stock(uow.session))
+    stock = store.locked_stock(uow.session, [line["sku"] for line in lines])
+    decision = domain.reserve(order_id, lines, stock.available)
+    if decision.status == domain.RESERVED:
+        stock.take(decision.lines)
     store.record_decision(uow.session, order_id, decision)
     _publish(uow, decision.events)
     if decision.status == domain.RESERVED:
@@ -100,15 +103,16 @@ def reserve_stock(uow, order_id, lines):
         log.info("order %s: stock rejected: %s", order_id, decision.reasons)
 
 
-def lock_stock_of(uow, events):
-    """Before a batch of ``order_created``: lock every product its orders name, in sku order.
+def prepare_reservations(uow, events):
+    """Before a batch of ``order_created``: lock every product its orders name, in sku order, and
+    look up which orders are decided: two statements for the batch, none per order.
 
-    Each order takes its lines in sku order (``domain.reserve``), but a
-    batch of orders does not: two batches, one taking sku 2 then 5, the
-    other 5 then 2, would deadlock. Locked first, all in the one order,
-    they cannot.
+    Each order alone locks its products in sku order, but a batch of orders
+    does not: two batches, one taking sku 2 then 5, the other 5 then 2,
+    would deadlock. Locked first, all in the one order, they cannot.
     """
-    store.lock_products(uow.session, sorted({line["sku"] for event in events for line in event.data["lines"]}))
+    store.locked_stock(uow.session, {line["sku"] for event in events for line in event.data["lines"]})
+    store.look_up_decisions(uow.session, [event.data["order_id"] for event in events])
 
 
 def release_stock(uow, order_id):

@@ -108,7 +108,7 @@ class InventoryService(AdminHttpApi, DeadLetterRpc, InboxRetention):
     def ping(self):
         return "pong"
 
-    @handles("orders", "order_created", order_created_schema, batch_locks=handlers.lock_stock_of)
+    @handles("orders", "order_created", order_created_schema, prepare_batch=handlers.prepare_reservations)
     def reserve_stock(self, uow, event):
         handlers.reserve_stock(uow, event.data["order_id"], event.data["lines"])
 

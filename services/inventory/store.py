@@ -14,49 +14,63 @@ from services.common.validation import MAX_STOCK
 from .models import Product, Reservation
 
 _products, _reservations = Product.__table__, Reservation.__table__
-DECIDED = select(_reservations.c.order_id).where(_reservations.c.order_id == bindparam("order_id"))
-INSERT_DECISION = insert(_reservations).execution_options(**{DEFERRABLE: True})  # read by nothing after
-RESERVE_LINE = (update(_products)
-                .where(_products.c.sku == bindparam("line_sku"), _products.c.active.is_(True),
-                       _products.c.on_hand - _products.c.reserved >= bindparam("quantity"))
-                .values(reserved=_products.c.reserved + bindparam("quantity"), updated_at=bindparam("now")))
-UNDO_LINE = (update(_products).where(_products.c.sku == bindparam("line_sku"))
-             .values(reserved=_products.c.reserved - bindparam("quantity")))
+_deferred = {DEFERRABLE: True}  # writes whose result nothing reads: they go out with the COMMIT
+DECIDED = select(_reservations.c.order_id).where(_reservations.c.order_id.in_(bindparam("order_ids", expanding=True)))
+INSERT_DECISION = insert(_reservations).execution_options(**_deferred)
 AVAILABLE = (select(_products.c.sku, _products.c.on_hand - _products.c.reserved, _products.c.active)
              .where(_products.c.sku.in_(bindparam("skus", expanding=True))))
-ALL_PRODUCTS = select(Product).order_by(Product.sku)
 # rows are locked in the order they are returned; "C" sorts as Python does (code points)
-LOCK_PRODUCTS = (select(_products.c.sku).where(_products.c.sku.in_(bindparam("skus", expanding=True)))
-                 .order_by(_products.c.sku.collate("C")).with_for_update())
+LOCK_AVAILABLE = AVAILABLE.order_by(_products.c.sku.collate("C")).with_for_update()
+# the rows are locked and their numbers known: the check was made in Python; the table's
+# CHECK (reserved <= on_hand) still refuses the commit if that were ever wrong
+TAKE = (update(_products).where(_products.c.sku == bindparam("line_sku"))
+        .values(reserved=_products.c.reserved + bindparam("quantity"), updated_at=bindparam("now"))
+        .execution_options(**_deferred))
+ALL_PRODUCTS = select(Product).order_by(Product.sku)
+_STOCK, _DECIDED = "inventory.stock", "inventory.decided"  # session.info keys, for one transaction
 
 
-class Stock:
-    """The stock as ``domain.reserve`` sees it, kept in the session's transaction.
+class LockedStock:
+    """The stock of the products this transaction's orders name, read once and held still.
 
-    A take is one conditional UPDATE, atomic in the database whatever the
-    number of inventory processes.
+    On PostgreSQL the rows are locked (``FOR UPDATE``, in sku order) until the
+    transaction ends; on SQLite the writing transaction holds the whole
+    database. Nothing else can change them meanwhile, so reservations are
+    decided from these numbers (``available``: {sku: quantity, or None if
+    inactive}; an unknown sku is missing) and written with the commit,
+    without a round trip each, whatever the number of inventory processes.
     """
 
     def __init__(self, session):
-        self.connection = session.connection()
+        self.session = session
+        self.available = {}
+        self._read = set()
 
-    def take(self, sku, quantity):
-        result = self.connection.execute(RESERVE_LINE, {"line_sku": sku, "quantity": quantity, "now": utcnow()})
-        return result.rowcount == 1
+    def lock(self, skus):
+        """Read (and lock) those of ``skus`` not read yet; a batch locks all of its skus at once, first."""
+        missing = sorted(set(skus) - self._read)
+        if not missing:
+            return
+        statement = AVAILABLE if self.session.get_bind().dialect.name == "sqlite" else LOCK_AVAILABLE
+        for sku, available, active in self.session.connection().execute(statement, {"skus": missing}):
+            self.available[sku] = available if active else None
+        self._read.update(missing)
 
-    def give_back(self, sku, quantity):
-        self.connection.execute(UNDO_LINE, {"line_sku": sku, "quantity": quantity})
+    def take(self, quantities):
+        """Reserve ``quantities`` ({sku: quantity}, each known to fit)."""
+        connection, now = self.session.connection(), utcnow()
+        for sku, quantity in quantities.items():
+            self.available[sku] -= quantity
+            connection.execute(TAKE, {"line_sku": sku, "quantity": quantity, "now": now})
 
-    def available(self, skus):
-        rows = self.connection.execute(AVAILABLE, {"skus": skus}).all()
-        return {sku: (available if active else None) for sku, available, active in rows}
 
-
-def lock_products(session, skus):
-    """Lock the rows of ``skus`` (sorted), in that order, until the transaction ends (no-op on SQLite,
-    where a writing transaction holds the whole database)."""
-    if skus and session.get_bind().dialect.name != "sqlite":
-        session.connection().execute(LOCK_PRODUCTS, {"skus": skus})
+def locked_stock(session, skus):
+    """The transaction's ``LockedStock``, with ``skus`` read and locked."""
+    stock = session.info.get(_STOCK)
+    if stock is None:
+        stock = session.info[_STOCK] = LockedStock(session)
+    stock.lock(skus)
+    return stock
 
 
 def product(session, sku, for_update=False):
@@ -71,9 +85,19 @@ def all_products(session):
     return session.scalars(ALL_PRODUCTS).all()
 
 
+def look_up_decisions(session, order_ids):
+    """Which of ``order_ids`` have a decision, in one query, for ``is_decided`` to answer from."""
+    decided = session.info.setdefault(_DECIDED, {})
+    decided.update(dict.fromkeys(order_ids, False))
+    decided.update(dict.fromkeys(session.connection().execute(DECIDED, {"order_ids": list(order_ids)}).scalars(),
+                                 True))
+
+
 def is_decided(session, order_id):
     """Whether the order already has a reservation decision (or a tombstone)."""
-    return session.connection().execute(DECIDED, {"order_id": order_id}).first() is not None
+    if order_id not in session.info.get(_DECIDED, ()):
+        look_up_decisions(session, [order_id])
+    return session.info[_DECIDED][order_id]
 
 
 def record_decision(session, order_id, decision):
@@ -81,6 +105,7 @@ def record_decision(session, order_id, decision):
     session.connection().execute(INSERT_DECISION, {
         "order_id": order_id, "status": decision.status, "lines": decision.lines, "reasons": decision.reasons,
         "created_at": now, "updated_at": now})
+    session.info.setdefault(_DECIDED, {})[order_id] = True
 
 
 def add_stock(session, sku, quantity):

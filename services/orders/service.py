@@ -110,11 +110,11 @@ class OrdersService(HttpApi, DeadLetterRpc, InboxRetention):
     def ping(self):
         return "pong"
 
-    @handles("inventory", "stock_reserved", stock_reserved_schema, batch_locks=handlers.lock_orders_of)
+    @handles("inventory", "stock_reserved", stock_reserved_schema, prepare_batch=handlers.lock_orders_of)
     def confirm_order(self, uow, event):
         handlers.settle(uow, event, domain.CONFIRMED, "stock reserved")
 
-    @handles("inventory", "stock_rejected", stock_rejected_schema, batch_locks=handlers.lock_orders_of)
+    @handles("inventory", "stock_rejected", stock_rejected_schema, prepare_batch=handlers.lock_orders_of)
     def reject_order(self, uow, event):
         handlers.settle(uow, event, domain.REJECTED, "stock not available", reasons=event.data["reasons"])
 

@@ -32,3 +32,18 @@ def running(runner_factory, service_config):
     runner = runner_factory(service_config, *ALL_SERVICES)
     runner.start()
     return runner
+
+
+@pytest.fixture
+def statements():
+    """The SQL statements sent through SQLAlchemy while the test runs (writes deferred to a COMMIT are not)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    sent = []
+
+    def note(connection, cursor, statement, parameters, context, executemany):
+        sent.append(" ".join(statement.split()))
+    event.listen(Engine, "before_cursor_execute", note)
+    yield sent
+    event.remove(Engine, "before_cursor_execute", note)

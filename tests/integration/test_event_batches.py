@@ -237,6 +237,29 @@ def test_a_batch_applies_an_event_delivered_twice_in_it_or_handled_before_it_onc
     assert sorted(event_id for (event_id,) in inbox) == sorted([before["id"], twice["id"], fresh["id"]])
 
 
+def test_a_batch_of_reservations_decides_from_one_read_of_its_stock(stopped_inventory, service_config, statements):
+    """Orders racing for the last units (1,000 of B-1) in one batch: decided one after another from the numbers read
+    (and locked) once for the batch, so the second is refused what the first took, and the batch commits."""
+    from nameko.testing.services import entrypoint_hook
+
+    container = stopped_inventory()
+    orders = [("r-1", [("B-1", 600)]), ("r-2", [("B-2", 1), ("B-1", 600)]), ("r-3", [("B-1", 400), ("B-3", 5)])]
+    events = [(new_event("orders", "order_created", {"order_id": order_id, "lines": [
+        {"sku": sku, "quantity": quantity} for sku, quantity in lines]}), {}) for order_id, lines in orders]
+    del statements[:]
+    with entrypoint_hook(container, "reserve_stock") as reserve:
+        reserve(batch=events)
+    reads = [sql for sql in statements if sql.startswith("SELECT") and ("FROM products" in sql
+                                                                       or "FROM reservations" in sql)]
+    assert len(reads) == 2, "one read of the batch's stock and one of its decisions: {}".format(reads)
+    assert dict(rows(service_config, "SELECT order_id, status FROM reservations")) == {
+        "r-1": "reserved", "r-2": "rejected", "r-3": "reserved"}
+    assert reserved_stock(service_config) == {"B-1": 1000, "B-2": 0, "B-3": 5}
+    (reasons,) = rows(service_config, "SELECT reasons FROM reservations WHERE order_id = 'r-2'")[0]
+    reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+    assert reasons == [{"sku": "B-1", "reason": "insufficient_stock", "requested": 600, "available": 400}]
+
+
 def test_orders_confirms_a_batch_with_one_locking_read_and_skips_an_order_that_moved_on(
         container_factory, service_config, rpc, monkeypatch):
     """Orders alone: its batch of stock_reserved reads the batch's orders in one statement

@@ -27,45 +27,22 @@ def test_release_cannot_free_more_than_is_reserved():
         domain.released(2, 3)
 
 
-class FakeStock:
-    """Stock as ``domain.reserve`` sees it, in a dict: {sku: available, or None if inactive}."""
-
-    def __init__(self, available):
-        self.left = dict(available)
-        self.calls = []
-
-    def take(self, sku, quantity):
-        self.calls.append(("take", sku, quantity))
-        if self.left.get(sku) is None or self.left[sku] < quantity:
-            return False
-        self.left[sku] -= quantity
-        return True
-
-    def give_back(self, sku, quantity):
-        self.calls.append(("give_back", sku, quantity))
-        self.left[sku] += quantity
-
-    def available(self, skus):
-        return {sku: self.left[sku] for sku in skus if sku in self.left}
-
-
-def test_a_reservation_takes_every_line_in_sku_order_and_announces_it():
-    stock = FakeStock({"A": 5, "B": 5})
-    decision = domain.reserve("o-1", [{"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 2}], stock)
-    assert (decision.status, decision.lines, decision.reasons) == (domain.RESERVED, {"A": 2, "B": 1}, None)
-    assert [call[1] for call in stock.calls] == ["A", "B"]
+def test_a_reservation_takes_every_line_and_announces_it():
+    lines = [{"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 3}]
+    decision = domain.reserve("o-1", lines, {"A": 2, "B": 4, "C": 0})
+    assert (decision.status, decision.lines, decision.reasons) == (domain.RESERVED, {"A": 2, "B": 4}, None)
     assert [(event.name, data) for event, data in decision.events] == [
-        ("stock_reserved", {"order_id": "o-1", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]})]
+        ("stock_reserved", {"order_id": "o-1", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 4}]})]
 
 
-def test_a_line_that_does_not_fit_gives_back_what_was_taken_and_rejects_with_reasons():
-    stock = FakeStock({"A": 5, "B": 1})
-    decision = domain.reserve("o-1", [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 2}], stock)
-    assert stock.left == {"A": 5, "B": 1}
-    assert stock.calls[-1] == ("give_back", "A", 2)
+def test_a_line_that_does_not_fit_rejects_the_whole_order_with_every_reason():
+    lines = [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 2}, {"sku": "C", "quantity": 1}]
+    decision = domain.reserve("o-1", lines, {"A": 5, "B": 1, "C": None})
     assert decision.status == domain.REJECTED
-    assert [(event.name, data) for event, data in decision.events] == [("stock_rejected", {
-        "order_id": "o-1", "reasons": [{"sku": "B", "reason": "insufficient_stock", "requested": 2, "available": 1}]})]
+    reasons = [{"sku": "B", "reason": "insufficient_stock", "requested": 2, "available": 1},
+               {"sku": "C", "reason": "product_inactive", "requested": 1, "available": 0}]
+    assert [(event.name, data) for event, data in decision.events] == [
+        ("stock_rejected", {"order_id": "o-1", "reasons": reasons})]
 
 
 class Held:
