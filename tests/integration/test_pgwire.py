@@ -8,7 +8,7 @@ and no connection goes back to the pool inside a transaction.
 """
 import psycopg2.extensions
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, exc, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, exc, insert, select, text
 
 from services.common.db import pgwire
 from services.common.db.database import make_engine, with_green_driver
@@ -90,6 +90,24 @@ def test_a_transaction_of_deferred_writes_is_one_message_and_an_empty_one_none(e
     with engine.begin():
         pass
     assert sent == []
+
+
+RENAME = items.update().where(items.c.id == bindparam("item_id")).values(name=bindparam("new_name"))
+
+
+def test_an_executemany_update_is_one_message_per_page_with_the_begin(engine, sent):
+    """psycopg2's own executemany sends (and awaits) one message per parameter set."""
+    with engine.begin() as connection:
+        connection.execute(insert(items), [{"id": n, "name": "n{}".format(n)} for n in range(250)])
+    del sent[:]
+    with engine.begin() as connection:
+        connection.execute(RENAME, [{"item_id": 0, "new_name": "it's 100%"}, {"item_id": 1, "new_name": "b;c"}])
+    assert len(sent) == 2 and sent[0].startswith("BEGIN;") and sent[0].count("UPDATE") == 2, sent
+    del sent[:]
+    with engine.begin() as connection:
+        connection.execute(RENAME, [{"item_id": n, "new_name": "m{}".format(n)} for n in range(2, 250)])
+    assert [message.count("UPDATE") for message in sent[:-1]] == [100, 100, 48], "pages of 100; then COMMIT"
+    assert names(engine)[:4] == ["it's 100%", "b;c", "m2", "m3"] and names(engine)[-1] == "m249"
 
 
 def test_values_with_percent_signs_survive_being_sent_ahead_of_a_parameterised_statement(engine):

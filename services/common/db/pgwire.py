@@ -13,6 +13,8 @@ same order:
   (psycopg2 sends it as a round trip of its own). The driver runs in
   autocommit mode and the dialect writes ``BEGIN``, ``COMMIT`` and
   ``ROLLBACK`` itself.
+- An ``executemany`` of an UPDATE or DELETE is one message (per 100
+  parameter sets), not one round trip per set.
 - A statement run with the execution option ``deferrable=True`` (a write
   whose result nobody reads) is not sent at once: it goes out in front of the
   transaction's next statement, or with the ``COMMIT``, in the same message.
@@ -39,6 +41,7 @@ NAME = "psycopg2_batched"
 DEFERRABLE = "deferrable"  # execution option: the statement may ride with the next one
 _BEGIN = "pg_begin_pending"  # connection info keys
 _DEFERRED = "pg_deferred"
+EXECUTEMANY_PAGE = 100  # parameter sets per message
 
 
 _state = weakref.WeakKeyDictionary()  # psycopg2 connection -> {_BEGIN: bool, _DEFERRED: [SQL]}
@@ -67,6 +70,10 @@ class BatchingPGDialect(PGDialect_psycopg2):
             dbapi_connection.autocommit = True  # BEGIN/COMMIT/ROLLBACK are sent by this dialect
 
         return connect
+
+    def initialize(self, connection):
+        super().initialize(connection)
+        self.supports_sane_multi_rowcount = False  # see do_executemany
 
     def set_isolation_level(self, dbapi_connection, level):
         # SQLAlchemy's own isolation handling switches autocommit off for any
@@ -159,10 +166,19 @@ class BatchingPGDialect(PGDialect_psycopg2):
         cursor.execute(statement)
 
     def do_executemany(self, cursor, statement, parameters, context=None):
+        """An UPDATE or DELETE for each parameter set, ``EXECUTEMANY_PAGE`` to a message, after what is pending.
+
+        (psycopg2's ``executemany`` sends one message per set and waits for
+        each; INSERTs do not come here, SQLAlchemy's insertmanyvalues makes
+        them one statement.) The cursor's rowcount is then the last
+        statement's, so the dialect does not claim a sane multi-row count.
+        """
         pending = self._pending(cursor)
-        if pending is not None:
-            cursor.execute(pending)  # psycopg2's batches cannot carry it
-        super().do_executemany(cursor, statement, parameters, context)
+        head = [pending.encode(self._encoding(cursor))] if pending is not None else []
+        for start in range(0, len(parameters), EXECUTEMANY_PAGE):
+            page = [cursor.mogrify(statement, values) for values in parameters[start:start + EXECUTEMANY_PAGE]]
+            cursor.execute(b";\n".join(head + page))
+            head = []
 
 
 registry.register("postgresql." + NAME, __name__, "BatchingPGDialect")
