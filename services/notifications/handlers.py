@@ -61,6 +61,11 @@ def notify(uow, event, event_type, sender, correlation_id):
     uow.after_commit(lambda: _queued(sender, ids, rows, order, event_type, planned))
 
 
+def look_up_preferences(uow, events):
+    """Before a batch of order events: their customers' choices, in one query."""
+    store.look_up_preferences(uow.session, {preference_key(event.data["customer_email"]) for event in events})
+
+
 def _queued(sender, ids, rows, order, event_type, planned):
     sender.written(ids, rows)
     for delivery in planned:

@@ -53,15 +53,18 @@ class NotificationsService(DeadLetterRpc, InboxRetention):
 
     # One inbox name for the three: the rows written before handlers had
     # their own names say "notify", and a redelivery must still find them.
-    @handles("orders", "order_confirmed", order_event_schema, inbox_name="notify")
+    @handles("orders", "order_confirmed", order_event_schema, inbox_name="notify",
+             prepare_batch=handlers.look_up_preferences)
     def order_confirmed(self, uow, event):
         handlers.notify(uow, event, "order_confirmed", self.sender, uow.correlation_id)
 
-    @handles("orders", "order_rejected", order_event_schema, inbox_name="notify")
+    @handles("orders", "order_rejected", order_event_schema, inbox_name="notify",
+             prepare_batch=handlers.look_up_preferences)
     def order_rejected(self, uow, event):
         handlers.notify(uow, event, "order_rejected", self.sender, uow.correlation_id)
 
-    @handles("orders", "order_cancelled", order_event_schema, inbox_name="notify")
+    @handles("orders", "order_cancelled", order_event_schema, inbox_name="notify",
+             prepare_batch=handlers.look_up_preferences)
     def order_cancelled(self, uow, event):
         handlers.notify(uow, event, "order_cancelled", self.sender, uow.correlation_id)
 

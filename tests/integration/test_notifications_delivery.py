@@ -196,3 +196,21 @@ def test_more_notifications_than_delivery_slots_are_each_sent_once(config, smtp,
     assert all(note["attempt_count"] == 1 and len(note["attempts"]) == 1 for note in notes)
     received = sorted(address for mail in smtp.messages() for address in mail.rcpt_tos)
     assert received == sorted(order["customer_email"] for order in orders)
+
+
+@BOTH_DATABASES
+def test_a_batch_of_order_events_reads_its_customers_choices_once(config, smtp, notifications, statements):
+    """Their preferences in one query for the batch, and each customer's own channels used."""
+    from nameko.testing.services import entrypoint_hook
+
+    smtp.start()
+    with ClusterRpcProxy(config, timeout=5) as rpc:
+        rpc.notifications.set_preferences("bo@example.com", ["email", "sms"], phone="+447700900125")
+    orders = [order_data(email) for email in ("ann@example.com", "bo@example.com", "Ann@example.com")]
+    del statements[:]
+    with entrypoint_hook(notifications, "order_confirmed") as notify:
+        notify(batch=[(new_event("orders", "order_confirmed", order), {}) for order in orders])
+    reads = [sql for sql in statements if "FROM notification_preferences" in sql]
+    assert len(reads) == 1, reads
+    assert [sorted(note["channel"] for note in notes_for(config, order["id"])) for order in orders] == [
+        ["email"], ["email", "sms"], ["email"]]
