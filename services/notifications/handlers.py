@@ -57,8 +57,8 @@ def notify(uow, event, event_type, sender, correlation_id):
     # process and handed to the sender after commit: no claim round
     claimed = sender.claim_on_write(rows, now)
     uow.after_rollback(lambda: sender.release(claimed))
-    ids = store.insert_notifications(uow.session, rows)
-    uow.after_commit(lambda: _queued(sender, ids, rows, order, event_type, planned))
+    store.stage_notifications(uow.session, rows)
+    uow.after_commit(lambda: _queued(sender, rows, order, event_type, planned))
 
 
 def look_up_preferences(uow, events):
@@ -66,8 +66,8 @@ def look_up_preferences(uow, events):
     store.look_up_preferences(uow.session, {preference_key(event.data["customer_email"]) for event in events})
 
 
-def _queued(sender, ids, rows, order, event_type, planned):
-    sender.written(ids, rows)
+def _queued(sender, rows, order, event_type, planned):
+    sender.written(rows)
     for delivery in planned:
         if delivery.status == domain.SKIPPED:
             log.warning("order %s: %s notification skipped: %s", order["id"], delivery.channel, delivery.reason)

@@ -150,10 +150,10 @@ class Sender(DependencyProvider):
         """Give back slots whose rows were never written (the transaction failed)."""
         self._reserved -= count
 
-    def written(self, ids, rows):
-        """``rows`` are committed (with ``ids``): deliver those claimed on write, look for the rest."""
-        claims = [Claimed(id=id_, **{field: row[field] for field in CLAIMED_FIELDS[1:]})
-                  for id_, row in zip(ids, rows) if row["status"] == domain.SENDING]
+    def written(self, rows):
+        """``rows`` are committed (each with its ``id``): deliver those claimed on write, look for the rest."""
+        claims = [Claimed(**{field: row[field] for field in CLAIMED_FIELDS})
+                  for row in rows if row["status"] == domain.SENDING]
         self._reserved -= len(claims)
         for claim in claims:
             self._pool.spawn_n(self._deliver_safely, claim)

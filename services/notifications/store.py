@@ -4,8 +4,8 @@ Building a statement costs more than running it; the per-event ones run as
 Core on the session's connection (the ORM's identity map and flush were most
 of their cost).
 """
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import bindparam, event, insert, select
+from sqlalchemy.orm import Session as OrmSession, selectinload
 
 from .models import Notification, Preference
 
@@ -16,7 +16,8 @@ PREFERENCES = (select(_preferences.c.customer_email, _preferences.c.channels, _p
                       _preferences.c.device_token)
                .where(_preferences.c.customer_email.in_(bindparam("emails", expanding=True))))
 INSERT_NOTIFICATIONS = insert(_notifications).returning(_notifications.c.id, sort_by_parameter_order=True)
-_FOUND = "notifications.preferences"  # session.info key: {email: choices or None} read for a batch
+_FOUND = "notifications.preferences"  # session.info keys: {email: choices or None} read for a batch,
+_STAGED = "notifications.staged"  # and the rows to insert before the commit
 
 
 def look_up_preferences(session, emails):
@@ -40,9 +41,19 @@ def _choices(row):
     return {"channels": row.channels, "phone": row.phone, "device_token": row.device_token}
 
 
-def insert_notifications(session, rows):
-    """The rows, written; their ids in the same order."""
-    return session.connection().execute(INSERT_NOTIFICATIONS, rows).scalars().all() if rows else []
+def stage_notifications(session, rows):
+    """``rows``, to be written with every other row this transaction stages, in one statement just
+    before it commits; each row then has its ``id``. (A batch of events costs one INSERT, not one each.)"""
+    session.info.setdefault(_STAGED, []).extend(rows)
+
+
+@event.listens_for(OrmSession, "before_commit")
+def _insert_staged(session):
+    # registered once on the Session class, like the outbox's listeners: any session may have staged rows
+    rows = session.info.pop(_STAGED, None)
+    if rows:
+        for row, id_ in zip(rows, session.connection().execute(INSERT_NOTIFICATIONS, rows).scalars()):
+            row["id"] = id_
 
 
 def notifications(session, limit, **equal):
