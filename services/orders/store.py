@@ -7,7 +7,8 @@ the ORM's unit of work (flush, dependency sort, identity map) was the largest
 share of the orders process's CPU, for rows written once and never touched
 again in that transaction.
 """
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import String, and_, any_, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.db.pgwire import DEFERRABLE
 from services.common.messaging.events import as_utc
@@ -16,8 +17,10 @@ from .models import CatalogueItem, IdempotencyKey, Order, OrderLine, StatusChang
 
 _orders, _lines, _history = Order.__table__, OrderLine.__table__, StatusChange.__table__
 _catalogue = CatalogueItem.__table__
-PRICES = (select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price)
-          .where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)), _catalogue.c.active.is_(True)))
+_PRICED = select(_catalogue.c.sku, _catalogue.c.name, _catalogue.c.price).where(_catalogue.c.active.is_(True))
+PRICES = _PRICED.where(_catalogue.c.sku.in_(bindparam("skus", expanding=True)))
+# PostgreSQL takes the list as one array parameter: no IN list rendered anew for each order
+PRICES_ANY = _PRICED.where(_catalogue.c.sku == any_(bindparam("skus", type_=ARRAY(String))))
 # Writes whose result nothing reads: on PostgreSQL they ride with the transaction's next statement or its
 # COMMIT (services.common.db.pgwire). ``inline()``: no RETURNING of the generated id, which nothing reads.
 _deferred = {DEFERRABLE: True}
@@ -43,7 +46,9 @@ MOVE_ORDER_WITH_REASONS = MOVE_ORDER.values(reasons=bindparam("reasons"))
 
 def prices(session, skus):
     """{sku: (name, unit price)} of the orderable products among ``skus``."""
-    return {sku: (name, price) for sku, name, price in session.connection().execute(PRICES, {"skus": skus})}
+    connection = session.connection()
+    statement = PRICES_ANY if connection.dialect.name == "postgresql" else PRICES
+    return {sku: (name, price) for sku, name, price in connection.execute(statement, {"skus": skus})}
 
 
 def insert_order(session, order_id, data, priced, total, correlation_id, status, now):

@@ -57,3 +57,18 @@ def test_the_order_row_stays_locked_until_the_move_commits(engine):
             # only the order is locked (FOR UPDATE OF orders), not its lines
             other.execute(text("SELECT sku FROM order_lines WHERE order_id = :id FOR UPDATE NOWAIT"),
                           {"id": order_id}).all()
+
+
+def test_prices_are_those_of_the_orderable_products_among_the_skus_asked(engine):
+    """One statement on both databases (an array parameter on PostgreSQL, an IN list on SQLite)."""
+    from services.orders.models import CatalogueItem
+
+    with Session(engine) as session, session.begin():
+        session.add_all([CatalogueItem(sku="p-1", name="Pen", price=150, active=True, version=1),
+                         CatalogueItem(sku="p-2", name="Pad", price=300, active=True, version=1),
+                         CatalogueItem(sku="p-3", name="Old", price=90, active=False, version=1)])
+    with Session(engine) as session, session.begin():
+        assert store.prices(session, ["p-2", "p-1", "p-3", "nope", "p-2"]) == {"p-1": ("Pen", 150), "p-2": ("Pad", 300)}
+        assert store.prices(session, ["x'); DROP TABLE catalogue_items; --"]) == {}
+        assert store.prices(session, ["p-1"]) == {"p-1": ("Pen", 150)}
+
