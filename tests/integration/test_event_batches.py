@@ -141,6 +141,28 @@ def test_a_burst_is_applied_in_batches_each_event_once_under_its_own_correlation
         assert traceparent.split("-")[1] == trace_id(order_id), (traceparent, order_id)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("linger", [0.5, 0])
+def test_a_batch_lingers_for_events_that_come_soon_after_its_first(stopped_inventory, service_config, batches,
+                                                                   linger):
+    """Events 50 ms apart, each alone in its read: with a linger longer than their spread they are
+    still one batch (one transaction); without one, each goes on its own."""
+    import eventlet
+
+    service_config["EVENT_BATCH_LINGER"] = linger
+    stopped_inventory()
+    orders = [order(n) for n in range(4)]
+    for data in orders:
+        publish(service_config, [new_event("orders", "order_created", data)])
+        eventlet.sleep(0.05)
+    eventually(lambda: len(decided(service_config)) == len(orders), timeout=20, message="every order decided")
+    if linger:
+        assert list(batches) == [4], batches
+    else:
+        assert max(batches, default=1) < 4, batches
+    assert reserved_stock(service_config) == expected_reserved(orders)
+
+
 def test_one_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_applied(
         stopped_inventory, service_config, rpc, batches):
     orders = [order(n) for n in range(BURST)]
@@ -258,6 +280,18 @@ def test_a_batch_of_reservations_decides_from_one_read_of_its_stock(stopped_inve
     (reasons,) = rows(service_config, "SELECT reasons FROM reservations WHERE order_id = 'r-2'")[0]
     reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
     assert reasons == [{"sku": "B-1", "reason": "insufficient_stock", "requested": 600, "available": 400}]
+
+
+def test_a_quantity_no_stock_could_hold_is_rejected_not_written(stopped_inventory, service_config):
+    """Past 64 bits, too: it is decided in Python, and only quantities that fit are ever bound."""
+    from nameko.testing.services import entrypoint_hook
+
+    container = stopped_inventory()
+    with entrypoint_hook(container, "reserve_stock") as reserve:
+        reserve(new_event("orders", "order_created", {"order_id": "huge", "lines": [
+            {"sku": "B-1", "quantity": 2 ** 70}, {"sku": "B-2", "quantity": 1}]}))
+    assert dict(rows(service_config, "SELECT order_id, status FROM reservations")) == {"huge": "rejected"}
+    assert reserved_stock(service_config) == {"B-1": 0, "B-2": 0, "B-3": 0}
 
 
 def test_orders_confirms_a_batch_with_one_locking_read_and_skips_an_order_that_moved_on(
