@@ -41,6 +41,8 @@ class PlatformSettings:
     inbox_retention_days: float = 7.0  # days a handled event's id is kept to drop its redeliveries
     outbox_relay_interval: float = field(default=2.0, metadata=_literal_zero())  # seconds between relay runs
     outbox_grace: float = field(default=3.0, metadata=_literal_zero())  # seconds before the relay takes a row
+    # seconds a batch of events waits, after its first message, for more to join it (0: only those already there)
+    event_batch_linger: float = field(default=0.02, metadata=_literal_zero())
     max_body_bytes: int = 64 * 1024  # HTTP bodies larger than this are refused with 413
     ready_timeout: float = 1.0  # seconds each /ready check may take
     shutdown_timeout: float = 20.0  # seconds a graceful stop may take before workers are killed

@@ -446,14 +446,18 @@ class BatchingEventHandler(ReliableEventHandler):
     def setup(self):
         super().setup()
         self._arrived = []  # (body, message) delivered since the last hand-over
+        self.linger = PlatformSettings.from_config(self.container.config).event_batch_linger
 
     def handle_message(self, body, message):
         self._arrived.append((body, message))
         if len(self._arrived) == 1:
-            # after the consumer has taken every message of this read
+            # after the consumer has taken every message of this read, and
+            # those that arrive while the batch lingers
             eventlet.spawn_n(self._hand_over)
 
     def _hand_over(self):
+        if self.linger:
+            eventlet.sleep(self.linger)
         while self._arrived:
             batch, self._arrived = self._arrived[:MAX_BATCH], self._arrived[MAX_BATCH:]
             if len(batch) == 1:
