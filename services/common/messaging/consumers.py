@@ -431,7 +431,8 @@ class BatchingEventHandler(ReliableEventHandler):
     in one read from the socket. Each worker costs its dependencies' setup
     and teardown, and each transaction a commit (on PostgreSQL a round trip
     and a flush of the write-ahead log). The messages delivered in one turn
-    of the event loop are handled by one worker, called with
+    of the event loop, and those that come while the first lingers
+    (``EVENT_BATCH_LINGER`` seconds), are handled by one worker, called with
     ``batch=[(body, context data), ...]``, in one transaction (see
     ``services.common.uow.handles``), and all are acked only after it
     returned, so after that transaction committed.
