@@ -89,6 +89,9 @@ class Metrics(DependencyProvider):
         labels = ("service", "entrypoint", "kind", "outcome")
         self.calls = Counter("nameko_entrypoint_calls", "Entrypoint calls that finished, by outcome.",
                              labels, registry=self.registry)
+        self.messages = Counter("nameko_entrypoint_messages", "Messages event entrypoints finished, by outcome; "
+                                "a batch counts each of its messages (those of a failed batch again when "
+                                "each is then handled alone).", labels, registry=self.registry)
         self.latency = Histogram("nameko_entrypoint_duration_seconds",
                                  "Time from worker start to result, by entrypoint and outcome.",
                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -173,19 +176,24 @@ class Metrics(DependencyProvider):
             outcome = EXPECTED_ERROR
         else:
             outcome = ERROR
-        calls, latency = self._children(entrypoint, outcome)
+        calls, latency, messages = self._children(entrypoint, outcome)
         calls.inc()
+        if messages is not None:
+            batch = worker_ctx.kwargs.get("batch")
+            messages.inc(1 if batch is None else len(batch))
         if started is not None:
             latency.observe(time.perf_counter() - started)
 
     def _children(self, entrypoint, outcome):
-        """The labelled counter and histogram of one entrypoint and outcome, looked up once."""
+        """The labelled counter and histogram of one entrypoint and outcome, and for an event entrypoint
+        its message counter, looked up once."""
         key = (entrypoint.method_name, type(entrypoint), outcome)
         children = self._labelled.get(key)
         if children is None:
-            labels = (self.container.service_name, entrypoint.method_name,
-                      entrypoint_kind(type(entrypoint).__name__), outcome)
-            children = self._labelled[key] = (self.calls.labels(*labels), self.latency.labels(*labels))
+            kind = entrypoint_kind(type(entrypoint).__name__)
+            labels = (self.container.service_name, entrypoint.method_name, kind, outcome)
+            children = self._labelled[key] = (self.calls.labels(*labels), self.latency.labels(*labels),
+                                              self.messages.labels(*labels) if kind == "event" else None)
         return children
 
     # state read at scrape time -------------------------------------------------------
