@@ -163,6 +163,19 @@ def test_a_batch_lingers_for_events_that_come_soon_after_its_first(stopped_inven
     assert reserved_stock(service_config) == expected_reserved(orders)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_batch_as_large_as_the_prefetch_count_does_not_linger(stopped_inventory, service_config, batches):
+    """A consumer holding its prefetch count gets nothing more until it acks: it hands the batch
+    over at once, not after a linger (here far longer than the test waits)."""
+    service_config["EVENT_BATCH_LINGER"] = 60
+    service_config["max_workers"] = 4  # the prefetch count
+    orders = [order(n) for n in range(4)]
+    publish(service_config, [new_event("orders", "order_created", data) for data in orders])
+    stopped_inventory()
+    eventually(lambda: len(decided(service_config)) == len(orders), timeout=15, message="every order decided")
+    assert list(batches) == [4], batches
+
+
 def test_one_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_applied(
         stopped_inventory, service_config, rpc, batches):
     orders = [order(n) for n in range(BURST)]

@@ -435,7 +435,8 @@ class BatchingEventHandler(ReliableEventHandler):
     (``EVENT_BATCH_LINGER`` seconds), are handled by one worker, called with
     ``batch=[(body, context data), ...]``, in one transaction (see
     ``services.common.uow.handles``), and all are acked only after it
-    returned, so after that transaction committed.
+    returned, so after that transaction committed. A batch that is already
+    as large as the prefetch count does not linger: nothing more can come.
 
     If the batch fails, nothing of it was committed, and each of its
     messages is handled again on its own, by a worker of its own, with the
@@ -457,7 +458,10 @@ class BatchingEventHandler(ReliableEventHandler):
             eventlet.spawn_n(self._hand_over)
 
     def _hand_over(self):
-        if self.linger:
+        # A consumer holding its prefetch count of unacked messages gets no
+        # more until it acks: lingering then only delays the batch (under a
+        # backlog, every batch arrives whole this way).
+        if self.linger and len(self._arrived) < self.queue_consumer.prefetch_count:
             eventlet.sleep(self.linger)
         while self._arrived:
             batch, self._arrived = self._arrived[:MAX_BATCH], self._arrived[MAX_BATCH:]
