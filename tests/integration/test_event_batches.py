@@ -13,6 +13,7 @@ from kombu import Connection, Exchange
 from sqlalchemy import text
 
 from services.common.db.database import make_engine
+from services.common.messaging import consumers
 from services.common.messaging.consumers import BatchingEventHandler
 from services.common.messaging.events import new_event
 from services.inventory.service import InventoryService
@@ -164,16 +165,36 @@ def test_a_batch_lingers_for_events_that_come_soon_after_its_first(stopped_inven
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_a_batch_as_large_as_the_prefetch_count_does_not_linger(stopped_inventory, service_config, batches):
-    """A consumer holding its prefetch count gets nothing more until it acks: it hands the batch
-    over at once, not after a linger (here far longer than the test waits)."""
+def test_a_full_batch_does_not_linger(stopped_inventory, service_config, batches, monkeypatch):
+    """A batch as large as a batch may be is handed over at once, not after the linger (here far
+    longer than the test waits): under a backlog every batch arrives full."""
+    monkeypatch.setattr(consumers, "MAX_BATCH", 4)
     service_config["EVENT_BATCH_LINGER"] = 60
-    service_config["max_workers"] = 4  # the prefetch count
     orders = [order(n) for n in range(4)]
     publish(service_config, [new_event("orders", "order_created", data) for data in orders])
     stopped_inventory()
     eventually(lambda: len(decided(service_config)) == len(orders), timeout=15, message="every order decided")
     assert list(batches) == [4], batches
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_batching_consumer_prefetches_two_batches_whatever_max_workers_is(
+        stopped_inventory, service_config, rabbit_manager, rabbit_config):
+    """With nameko's prefetch (max_workers) a backlog came one small batch at a time, the next only
+    after the last was acked; a consumer that hands each message to a worker keeps max_workers."""
+    service_config["max_workers"] = 4
+    stopped_inventory()
+
+    def prefetch(queue):
+        details = rabbit_manager.get_queue(rabbit_config["vhost"], queue).get("consumer_details") or []
+        return [consumer["prefetch_count"] for consumer in details]
+    batched, alone = ("evt-orders-{}--inventory.{}".format(*names)
+                      for names in (("order_created", "reserve_stock"), ("order_cancelled", "release_stock")))
+    # the management API's figures lag a few seconds behind
+    eventually(lambda: prefetch(batched) and prefetch(alone) and prefetch("rpc-inventory"), timeout=20,
+               message="inventory consuming")
+    assert prefetch(batched) == [2 * consumers.MAX_BATCH]
+    assert prefetch(alone) == prefetch("rpc-inventory") == [4]
 
 
 def test_one_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_applied(

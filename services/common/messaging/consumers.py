@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 
 import amqp.exceptions
 import eventlet
-from kombu import Exchange, Queue, binding
+from kombu import Consumer, Exchange, Queue, binding
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY
 from nameko.exceptions import ContainerBeingKilled
@@ -191,9 +191,29 @@ def error_summary(exc):
     return str(exc)[:1000]
 
 
+class _OwnPrefetchConsumer(Consumer):
+    """kombu's consumer, setting its prefetch count just before it starts consuming.
+
+    ``basic.qos`` without ``global`` applies to the consumers a channel
+    starts after it, and nameko sets it for every consumer of its channel
+    before starting any: the last value set would hold for all of them.
+    """
+
+    prefetch = None
+
+    def consume(self, no_ack=None):
+        if self.prefetch is not None:
+            self.qos(prefetch_count=self.prefetch)
+        return super().consume(no_ack)
+
+
 class SafeAckQueueConsumer(QueueConsumer):
     """nameko's queue consumer, but an ack that meets a dead connection does not kill the service,
     and a stop does not wait seconds for the next message.
+
+    A provider with a ``prefetch_count`` of its own gets it (nameko gives
+    every consumer ``max_workers``, the number of messages it can hand to
+    workers at once; a batching handler hands many to one worker).
 
     nameko 2.14 ignores only amqp's ``ConnectionError`` when acking; a socket
     the broker has just reset (RabbitMQ shutting down while a worker finishes)
@@ -220,6 +240,14 @@ class SafeAckQueueConsumer(QueueConsumer):
         # at requests to stop; nameko's 1 s, paid twice, made every stop take
         # over 2 s even when idle
         return super().consume(limit=limit, timeout=timeout, safety_interval=safety_interval, **kwargs)
+
+    def get_consumers(self, consumer_cls, channel):
+        # kombu's own factory (ConsumerMixin.Consumer), with the consumer class that sets its prefetch
+        own = functools.partial(_OwnPrefetchConsumer, channel, on_decode_error=self.on_decode_error)
+        consumers = super().get_consumers(own, channel)
+        for provider, consumer in self._consumers.items():
+            consumer.prefetch = getattr(provider, "prefetch_count", None) or self.prefetch_count
+        return consumers
 
     def ack_message(self, message):
         """Ack once the workers ready now have finished, all in one socket write.
@@ -421,7 +449,7 @@ def _minimal_headers(message):
 
 event_handler = ReliableEventHandler.decorator
 
-MAX_BATCH = 32  # messages one worker may take; the prefetch count usually bounds a batch first
+MAX_BATCH = 32  # messages one worker may take at once
 
 
 class BatchingEventHandler(ReliableEventHandler):
@@ -435,8 +463,13 @@ class BatchingEventHandler(ReliableEventHandler):
     (``EVENT_BATCH_LINGER`` seconds), are handled by one worker, called with
     ``batch=[(body, context data), ...]``, in one transaction (see
     ``services.common.uow.handles``), and all are acked only after it
-    returned, so after that transaction committed. A batch that is already
-    as large as the prefetch count does not linger: nothing more can come.
+    returned, so after that transaction committed. A full batch does not
+    linger: it can take no more.
+
+    Its prefetch count is two batches, whatever ``max_workers`` is (a batch
+    takes one worker): one batch is collected while the one before commits.
+    With nameko's ``max_workers`` (10), under a backlog the queue gave one
+    batch of 10 at a time, and the next only once it was acked.
 
     If the batch fails, nothing of it was committed, and each of its
     messages is handled again on its own, by a worker of its own, with the
@@ -444,6 +477,10 @@ class BatchingEventHandler(ReliableEventHandler):
     takes an attempt from, the others. A message alone is handled as
     ``ReliableEventHandler`` handles it, called with its body.
     """
+
+    @property
+    def prefetch_count(self):
+        return 2 * MAX_BATCH
 
     def setup(self):
         super().setup()
@@ -458,10 +495,7 @@ class BatchingEventHandler(ReliableEventHandler):
             eventlet.spawn_n(self._hand_over)
 
     def _hand_over(self):
-        # A consumer holding its prefetch count of unacked messages gets no
-        # more until it acks: lingering then only delays the batch (under a
-        # backlog, every batch arrives whole this way).
-        if self.linger and len(self._arrived) < self.queue_consumer.prefetch_count:
+        if self.linger and len(self._arrived) < MAX_BATCH:  # under a backlog, batches arrive full
             eventlet.sleep(self.linger)
         while self._arrived:
             batch, self._arrived = self._arrived[:MAX_BATCH], self._arrived[MAX_BATCH:]
