@@ -121,6 +121,32 @@ def postgres_backends(database_names):
         connection.close()
 
 
+def wait_every_instance(vhost, system, instances, timeout=60):
+    """Until every process is up: consuming its service's RPC queue and, for orders, listening.
+
+    ``System.start`` is satisfied once a service answers, which the first
+    instance does: a load that began then kept all of its keep-alive
+    connections on the first orders process (the kernel spreads
+    connections over the processes listening on the port as they are
+    accepted), and the others served no HTTP at all.
+    """
+    deadline = time.monotonic() + timeout
+    pids = [process.pid for (service, _), process in system.processes.items() if service == "orders"]
+    while True:
+        consumers = {service: requests.get("{}/api/queues/{}/rpc-{}".format(MGMT, vhost.name, service),
+                                           auth=MGMT_AUTH, timeout=10).json().get("consumers", 0)
+                     for service in ("orders", "inventory", "notifications")}
+        listening = [pid for pid in pids if any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == system.port
+            for c in psutil.Process(pid).net_connections("tcp"))]
+        if all(count >= instances for count in consumers.values()) and len(listening) == len(pids):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("not every instance came up: {} consumers, {} of {} orders processes listening"
+                               .format(consumers, len(listening), len(pids)))
+        time.sleep(0.25)
+
+
 def broker_process():
     for process in psutil.process_iter(["name"]):
         if process.info["name"] == "beam.smp":
@@ -451,6 +477,7 @@ def run_system(args, work, instances, db=None):
         try:
             for instance in range(1, instances + 1):
                 system.start(instance=instance)
+            wait_every_instance(vhost, system, instances)
             system.create_products(*[(sku, "Bench item " + sku, 100 + i, STOCK) for i, sku in enumerate(SKUS)])
             url = system.url("/orders")
             watched = {"{}.{}".format(service, instance): process.pid
