@@ -30,7 +30,7 @@ import eventlet
 from eventlet.event import Event
 from eventlet.queue import Empty, Full, LightQueue
 from nameko.extensions import DependencyProvider
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from services.common.observability import correlation
@@ -80,6 +80,7 @@ class Sender(DependencyProvider):
         self._room_wanted = False  # the loop left due rows behind for lack of a free slot
         self._outcomes = []  # (claim, changes, attempt) waiting to be recorded
         self._outcome_added = LightQueue(maxsize=1)
+        self._unsure = []  # (event_id, channel, lease) of claims whose transaction's outcome is unknown
         log.info("notification channels: %s", ", ".join(sorted(self.channels)))
 
     def start(self):
@@ -146,9 +147,23 @@ class Sender(DependencyProvider):
         """Delivery slots neither running nor promised to rows being written."""
         return self._pool.free() - self._reserved
 
-    def release(self, count):
-        """Give back slots whose rows were never written (the transaction failed)."""
+    def release(self, rows, count):
+        """The transaction writing ``rows`` failed: give back the ``count`` slots promised to them.
+
+        A transaction that failed at its COMMIT (the connection lost on the
+        way) may have been committed by the server all the same, and its
+        rows claimed on write would then wait for their lease to lapse
+        (``NOTIFY_LEASE``, minutes) with no delivery under way. Those claims
+        are given up as soon as the database answers again: each row still
+        ``sending`` under exactly that lease is made due, for the loop to
+        claim. A transaction that was never committed leaves nothing to match.
+        """
         self._reserved -= count
+        unsure = [(row["event_id"], row["channel"], row["next_attempt_at"])
+                  for row in rows if row["status"] == domain.SENDING]
+        if unsure:
+            self._unsure.extend(unsure)
+            self.wake()
 
     def written(self, rows):
         """``rows`` are committed (each with its ``id``): deliver those claimed on write, look for the rest."""
@@ -180,6 +195,8 @@ class Sender(DependencyProvider):
     def dispatch_due(self):
         """Start delivering what is due; return how long to sleep before looking again."""
         now = utcnow()
+        if self._unsure:
+            self._give_up_unsure_claims(now)
         free = self._free_slots()
         if free > 0:
             for row in self._claim(now, free):
@@ -193,6 +210,24 @@ class Sender(DependencyProvider):
         if due is None:
             return self.poll_interval
         return min(self.poll_interval, max(MIN_WAIT, (due - utcnow()).total_seconds()))
+
+    def _give_up_unsure_claims(self, now):
+        """Make due the rows still claimed under the leases of ``release``d transactions (see there)."""
+        unsure, self._unsure = self._unsure, []
+        table = Notification.__table__
+        try:
+            with self.engine.begin() as connection:
+                given_up = connection.execute(
+                    update(table)
+                    .where(tuple_(table.c.event_id, table.c.channel, table.c.next_attempt_at).in_(unsure),
+                           table.c.status == domain.SENDING)
+                    .values(next_attempt_at=now, updated_at=now)).rowcount
+        except Exception:
+            self._unsure = unsure + self._unsure  # the database is still away: at the next turn
+            raise
+        if given_up:
+            log.warning("%d notification(s) written by a transaction whose commit failed were committed "
+                        "after all; sending them now", given_up)
 
     def _claim(self, now, limit):
         """Take up to ``limit`` due notifications for this process; return what sending them needs.

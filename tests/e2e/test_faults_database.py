@@ -40,8 +40,9 @@ def outage(database_proxies, config, module_fault_run):
     proxies, proxied = database_proxies
     # the checks read the databases directly, not through the proxies. A cut that lands
     # on a COMMIT leaves its outcome unknown to the service: if the server did commit,
-    # notifications claimed in that transaction wait for their lease to lapse (the
-    # recovery for a claim whose process lost track of it), 300 s by default: 15 here.
+    # notifications claimed in that transaction are made due once the database is back
+    # (Sender.release); a claim lost any other way waits for its lease to lapse, 300 s
+    # by default: 15 here, within the test's wait.
     run = module_fault_run(config, DB_URIS=proxied, NOTIFY_LEASE=15)
     with run.streaming(rate=20) as stream:
         stream.accepted_after(20)

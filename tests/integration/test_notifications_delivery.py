@@ -218,3 +218,48 @@ def test_a_batch_of_order_events_reads_its_customers_choices_once(backend, confi
     assert len(writes) == (1 if backend == "postgresql" else 4), writes
     assert [sorted(note["channel"] for note in notes_for(config, order["id"])) for order in orders] == [
         ["email"], ["email", "sms"], ["email"]]
+
+
+@BOTH_DATABASES
+def test_rows_committed_by_a_commit_that_reported_failure_are_sent_without_waiting_for_the_lease(
+        config, smtp, container_factory, monkeypatch):
+    """The connection drops on the way back from a COMMIT the server did apply: the handler sees a
+    failure, its rows were claimed on write by this process and no delivery took them. They go out
+    at once, not when the lease (here 300 s) lapses."""
+    import eventlet
+    from sqlalchemy.engine.default import DefaultDialect
+
+    from services.common.db.pgwire import BatchingPGDialect
+    from services.notifications.sender import Sender
+
+    config["NOTIFY_LEASE"] = 300
+    claimed_by = set()  # green threads that wrote claimed rows in the transaction they are in
+    claim_on_write = Sender.claim_on_write
+
+    def claiming(sender, rows, now):
+        claimed = claim_on_write(sender, rows, now)
+        if claimed:
+            claimed_by.add(eventlet.getcurrent())
+        return claimed
+
+    def committed_then_lost(real):
+        def do_commit(dialect, dbapi_connection):
+            real(dialect, dbapi_connection)
+            if eventlet.getcurrent() in claimed_by:
+                claimed_by.clear()
+                lost.append(True)
+                raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+        return do_commit
+    lost = []
+    monkeypatch.setattr(Sender, "claim_on_write", claiming)
+    for dialect in (DefaultDialect, BatchingPGDialect):
+        monkeypatch.setattr(dialect, "do_commit", committed_then_lost(dialect.do_commit))
+    container_factory(NotificationsService, config).start()
+    smtp.start()
+
+    order = order_data("ann@example.com")
+    publish(config, "order_confirmed", order)
+    [note] = eventually(lambda: settled(config, order["id"], "sent"), timeout=20, message="sent, not left claimed")
+    assert lost == [True], "the commit should have reported a failure once"
+    assert [mail.rcpt_tos for mail in smtp.messages()] == [["ann@example.com"]]
+    assert note["attempt_count"] == 1
