@@ -18,6 +18,8 @@ framework object is used anywhere in ``services/``.
 - nameko ``QueueConsumer._consumers`` and kombu ``Consumer._active_tags``
   (``consumers.DeadLetteringQueueConsumer``): which provider a message that
   kombu could not decode belongs to, so it is dead-lettered, not dropped.
+  ``_consumers`` also tells ``consumers.SafeAckQueueConsumer.get_consumers``
+  which kombu consumer is whose, to give a batching handler its own prefetch.
 - nameko ``RpcConsumer._registered`` (``rpc.SafeAckRpcConsumer.setup``):
   nameko's own setup, repeated with the project's queue arguments.
 - nameko ``ReplyListener._reply_events`` (``rpc.ReplyListener.forget``): a
