@@ -192,18 +192,17 @@ def error_summary(exc):
 
 
 class _OwnPrefetchConsumer(Consumer):
-    """kombu's consumer, setting its prefetch count just before it starts consuming.
+    """kombu's consumer, setting its ``prefetch_count`` just before it starts consuming.
 
     ``basic.qos`` without ``global`` applies to the consumers a channel
     starts after it, and nameko sets it for every consumer of its channel
     before starting any: the last value set would hold for all of them.
+    (kombu's own ``revive`` sets ``prefetch_count`` before consuming again.)
     """
 
-    prefetch = None
-
     def consume(self, no_ack=None):
-        if self.prefetch is not None:
-            self.qos(prefetch_count=self.prefetch)
+        if self.prefetch_count is not None:
+            self.qos(prefetch_count=self.prefetch_count)
         return super().consume(no_ack)
 
 
@@ -246,7 +245,7 @@ class SafeAckQueueConsumer(QueueConsumer):
         own = functools.partial(_OwnPrefetchConsumer, channel, on_decode_error=self.on_decode_error)
         consumers = super().get_consumers(own, channel)
         for provider, consumer in self._consumers.items():
-            consumer.prefetch = getattr(provider, "prefetch_count", None) or self.prefetch_count
+            consumer.prefetch_count = getattr(provider, "prefetch_count", None) or self.prefetch_count
         return consumers
 
     def ack_message(self, message):
