@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.common.observability import correlation
 from services.common.db.database import read_only, shared_engine
+from services.common.messaging.consumers import error_summary
 from services.common.messaging.events import as_utc, utcnow
 from services.common.settings import given
 
@@ -50,6 +51,7 @@ MIN_WAIT = 0.01
 RECORD_RETRY_FIRST = 0.2
 RECORD_RETRY_MAX = 5
 RECORD_LINGER = 0.005  # outcomes finishing this close together share a transaction
+UNSURE_CHUNK = 200  # claims of failed transactions checked per statement
 
 # what sending a claimed notification needs, and what its claim read
 CLAIMED_FIELDS = ("id", "event_id", "event_type", "order_id", "channel", "address", "subject", "body",
@@ -80,7 +82,7 @@ class Sender(DependencyProvider):
         self._room_wanted = False  # the loop left due rows behind for lack of a free slot
         self._outcomes = []  # (claim, changes, attempt) waiting to be recorded
         self._outcome_added = LightQueue(maxsize=1)
-        self._unsure = []  # (event_id, channel, lease) of claims whose transaction's outcome is unknown
+        self._unsure = set()  # (event_id, channel, lease) of claims whose transaction's outcome is unknown
         log.info("notification channels: %s", ", ".join(sorted(self.channels)))
 
     def start(self):
@@ -159,10 +161,10 @@ class Sender(DependencyProvider):
         claim. A transaction that was never committed leaves nothing to match.
         """
         self._reserved -= count
-        unsure = [(row["event_id"], row["channel"], row["next_attempt_at"])
-                  for row in rows if row["status"] == domain.SENDING]
+        unsure = {(row["event_id"], row["channel"], row["next_attempt_at"])
+                  for row in rows if row["status"] == domain.SENDING}
         if unsure:
-            self._unsure.extend(unsure)
+            self._unsure |= unsure
             self.wake()
 
     def written(self, rows):
@@ -212,19 +214,31 @@ class Sender(DependencyProvider):
         return min(self.poll_interval, max(MIN_WAIT, (due - utcnow()).total_seconds()))
 
     def _give_up_unsure_claims(self, now):
-        """Make due the rows still claimed under the leases of ``release``d transactions (see there)."""
-        unsure, self._unsure = self._unsure, []
+        """Make due the rows still claimed under the leases of ``release``d transactions (see there).
+
+        ``UNSURE_CHUNK`` claims to a statement (PostgreSQL refuses an IN list
+        of some thousands of row values); a claim whose lease has lapsed is
+        dropped, the loop takes its row anyway. Claims left when the database
+        fails are tried at the next turn, and the loop goes on to claim the
+        rows that are due.
+        """
+        for claim in [claim for claim in self._unsure if as_utc(claim[2]) <= now]:
+            self._unsure.discard(claim)
         table = Notification.__table__
+        given_up = 0
         try:
-            with self.engine.begin() as connection:
-                given_up = connection.execute(
-                    update(table)
-                    .where(tuple_(table.c.event_id, table.c.channel, table.c.next_attempt_at).in_(unsure),
-                           table.c.status == domain.SENDING)
-                    .values(next_attempt_at=now, updated_at=now)).rowcount
-        except Exception:
-            self._unsure = unsure + self._unsure  # the database is still away: at the next turn
-            raise
+            while self._unsure:
+                chunk = list(self._unsure)[:UNSURE_CHUNK]
+                with self.engine.begin() as connection:
+                    given_up += connection.execute(
+                        update(table)
+                        .where(tuple_(table.c.event_id, table.c.channel, table.c.next_attempt_at).in_(chunk),
+                               table.c.status == domain.SENDING)
+                        .values(next_attempt_at=now, updated_at=now)).rowcount
+                self._unsure.difference_update(chunk)
+        except Exception as exc:  # the database may still be away: at the next turn
+            log.warning("notification sender: %d claim(s) of failed transactions not checked yet (%s: %s)",
+                        len(self._unsure), type(exc).__name__, error_summary(exc))
         if given_up:
             log.warning("%d notification(s) written by a transaction whose commit failed were committed "
                         "after all; sending them now", given_up)

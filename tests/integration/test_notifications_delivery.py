@@ -263,3 +263,43 @@ def test_rows_committed_by_a_commit_that_reported_failure_are_sent_without_waiti
     assert lost == [True], "the commit should have reported a failure once"
     assert [mail.rcpt_tos for mail in smtp.messages()] == [["ann@example.com"]]
     assert note["attempt_count"] == 1
+
+
+@BOTH_DATABASES
+def test_thousands_of_claims_to_recheck_do_not_stop_the_sender(config, smtp, container_factory):
+    """A long stretch of failed writes leaves many claims to re-check: they go in statements of a
+    bounded size (PostgreSQL refused one IN list of 8,000 row values, and the sender then claimed
+    nothing at all), and ordinary due rows are still sent."""
+    from datetime import timedelta
+    from sqlalchemy import insert
+
+    from services.common.db.database import make_engine
+    from services.common.messaging.events import utcnow
+    from services.notifications.models import Notification
+    from services.notifications.sender import Sender
+
+    config["NOTIFY_LEASE"] = 300
+    container = container_factory(NotificationsService, config)
+    container.start()
+    smtp.start()
+    [sender] = [dependency for dependency in container.dependencies if isinstance(dependency, Sender)]
+    lease = utcnow() + timedelta(seconds=300)
+
+    def row(event_id, status, next_attempt_at):
+        return {"event_id": event_id, "event_type": "order_confirmed", "order_id": "o-" + event_id,
+                "recipient": "lee@example.com", "channel": "email", "address": "lee@example.com",
+                "subject": "About " + event_id, "body": "Hello", "status": status, "attempt_count": 0,
+                "round_attempts": 0, "next_attempt_at": next_attempt_at}
+    engine = make_engine(config["DB_URIS"]["notifications:NotificationsBase"])
+    try:
+        with engine.begin() as connection:  # one committed by a commit that reported failure, one plainly due
+            connection.execute(insert(Notification), [row("committed-anyway", "sending", lease),
+                                                      row("plainly-due", "queued", utcnow())])
+    finally:
+        engine.dispose()
+    sender.release([row("committed-anyway", "sending", lease)]
+                   + [row("never-committed-{}".format(n), "sending", lease) for n in range(10000)], 0)
+
+    def sent():
+        return {mail.subject for mail in smtp.messages()} >= {"About committed-anyway", "About plainly-due"}
+    eventually(sent, timeout=20, message="both rows sent")
