@@ -77,6 +77,9 @@ class Work:
     consumer)``, ``publish(event, data)``, and ``after_commit(fn)`` /
     ``after_rollback(fn)`` for what must happen once the outcome is known.
     It commits when the block ends normally and rolls back if it raises.
+    When the COMMIT itself fails (a lost connection, say), the server may
+    have applied it all the same: the ``after_rollback`` callbacks then find
+    ``commit_failed`` true.
     """
 
     def __init__(self, service, inbox, db_attr, outbox_attr, worker_ctx=None):
@@ -86,6 +89,7 @@ class Work:
         self._db_attr = db_attr
         self._outbox_attr = outbox_attr
         self.session = None
+        self.commit_failed = False
         self.is_read_only = False
         self._read_only_next = False
         self._on_commit = []
@@ -101,6 +105,7 @@ class Work:
             raise RuntimeError("a unit of work is not reentrant: finish one before starting the next")
         self.is_read_only, self._read_only_next = self._read_only_next, False
         self._on_commit, self._on_rollback = [], []
+        self.commit_failed = False
         self._session_scope = getattr(self._service, self._db_attr).get_session()
         self.session = self._session_scope.__enter__()
         if self.is_read_only:
@@ -112,6 +117,7 @@ class Work:
         try:
             self._session_scope.__exit__(exc_type, exc, traceback)  # commits, or rolls back
         except BaseException:
+            self.commit_failed = exc_type is None
             _run(on_rollback)
             raise
         finally:

@@ -56,7 +56,7 @@ def notify(uow, event, event_type, sender, correlation_id):
     # with room to send at once, the rows are written claimed by this
     # process and handed to the sender after commit: no claim round
     claimed = sender.claim_on_write(rows, now)
-    uow.after_rollback(lambda: sender.release(rows, claimed))
+    uow.after_rollback(lambda: sender.release(rows, claimed, uow.commit_failed))
     store.stage_notifications(uow.session, rows)
     uow.after_commit(lambda: _queued(sender, rows, order, event_type, planned))
 

@@ -149,20 +149,21 @@ class Sender(DependencyProvider):
         """Delivery slots neither running nor promised to rows being written."""
         return self._pool.free() - self._reserved
 
-    def release(self, rows, count):
+    def release(self, rows, count, commit_failed=False):
         """The transaction writing ``rows`` failed: give back the ``count`` slots promised to them.
 
-        A transaction that failed at its COMMIT (the connection lost on the
-        way) may have been committed by the server all the same, and its
-        rows claimed on write would then wait for their lease to lapse
-        (``NOTIFY_LEASE``, minutes) with no delivery under way. Those claims
-        are given up as soon as the database answers again: each row still
-        ``sending`` under exactly that lease is made due, for the loop to
-        claim. A transaction that was never committed leaves nothing to match.
+        A transaction that failed at its COMMIT (``commit_failed``: the
+        connection lost on the way, say) may have been committed by the
+        server all the same, and its rows claimed on write would then wait
+        for their lease to lapse (``NOTIFY_LEASE``, minutes) with no delivery
+        under way. Those claims are given up as soon as the database answers
+        again: each row still ``sending`` under exactly that lease is made
+        due, for the loop to claim. A transaction that was not committed
+        after all leaves nothing to match.
         """
         self._reserved -= count
         unsure = {(row["event_id"], row["channel"], row["next_attempt_at"])
-                  for row in rows if row["status"] == domain.SENDING}
+                  for row in rows if commit_failed and row["status"] == domain.SENDING}
         if unsure:
             self._unsure |= unsure
             self.wake()

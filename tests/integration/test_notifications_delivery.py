@@ -298,7 +298,8 @@ def test_thousands_of_claims_to_recheck_do_not_stop_the_sender(config, smtp, con
     finally:
         engine.dispose()
     sender.release([row("committed-anyway", "sending", lease)]
-                   + [row("never-committed-{}".format(n), "sending", lease) for n in range(10000)], 0)
+                   + [row("never-committed-{}".format(n), "sending", lease) for n in range(10000)], 0,
+                   commit_failed=True)
 
     def sent():
         return {mail.subject for mail in smtp.messages()} >= {"About committed-anyway", "About plainly-due"}

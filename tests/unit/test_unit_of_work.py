@@ -101,3 +101,20 @@ def test_a_read_only_unit_of_work_reads_and_refuses_to_write(recorder, outbox):
         assert not uow.is_read_only
         uow.session.add(Reservation(order_id="o-4", lines={}, status="cancelled"))
     assert stored(recorder, "o-4")
+
+
+def test_rollback_hooks_know_whether_the_commit_itself_failed(recorder):
+    """A failed COMMIT may have been applied by the server all the same: its hooks are told so."""
+    seen = []
+    with pytest.raises(RuntimeError), recorder.uow as uow:
+        uow.after_rollback(lambda: seen.append(("effect failed", uow.commit_failed)))
+        raise RuntimeError("effect failed")
+
+    def lost(*args, **kwargs):
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+    with pytest.raises(OperationalError), recorder.uow as uow:
+        uow.after_rollback(lambda: seen.append(("commit failed", uow.commit_failed)))
+        uow.session.commit = lost
+    with recorder.uow as uow:
+        uow.after_commit(lambda: seen.append(("committed", uow.commit_failed)))
+    assert seen == [("effect failed", False), ("commit failed", True), ("committed", False)]
