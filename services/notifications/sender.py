@@ -223,13 +223,13 @@ class Sender(DependencyProvider):
         fails are tried at the next turn, and the loop goes on to claim the
         rows that are due.
         """
-        for claim in [claim for claim in self._unsure if as_utc(claim[2]) <= now]:
-            self._unsure.discard(claim)
+        self._unsure = {claim for claim in self._unsure if as_utc(claim[2]) > now}
+        claims = list(self._unsure)
         table = Notification.__table__
         given_up = 0
         try:
-            while self._unsure:
-                chunk = list(self._unsure)[:UNSURE_CHUNK]
+            for start in range(0, len(claims), UNSURE_CHUNK):
+                chunk = claims[start:start + UNSURE_CHUNK]
                 with self.engine.begin() as connection:
                     given_up += connection.execute(
                         update(table)
