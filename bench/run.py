@@ -135,7 +135,7 @@ def wait_every_instance(vhost, system, instances, timeout=60):
     while True:
         consumers = {service: requests.get("{}/api/queues/{}/rpc-{}".format(MGMT, vhost.name, service),
                                            auth=MGMT_AUTH, timeout=10).json().get("consumers", 0)
-                     for service in ("orders", "inventory", "notifications")}
+                     for service in {service for service, _ in system.processes}}
         listening = [pid for pid in pids if any(
             c.status == psutil.CONN_LISTEN and c.laddr.port == system.port
             for c in psutil.Process(pid).net_connections("tcp"))]
