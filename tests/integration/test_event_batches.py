@@ -16,6 +16,7 @@ from services.common.db.database import make_engine
 from services.common.messaging import consumers
 from services.common.messaging.consumers import BatchingEventHandler
 from services.common.messaging.events import new_event
+from services.common.observability.metrics import Metrics
 from services.inventory.service import InventoryService
 from tests.support import eventually
 
@@ -124,10 +125,16 @@ def test_a_burst_is_applied_in_batches_each_event_once_under_its_own_correlation
     orders = [order(n) for n in range(BURST)]
     applied = counting_reservations(monkeypatch)
     publish(service_config, [new_event("orders", "order_created", data) for data in orders])
-    stopped_inventory()
+    container = stopped_inventory()
 
     eventually(lambda: len(decided(service_config)) == BURST, timeout=20, message="every order decided")
     assert batches and max(batches) > 1, "a burst should be handled in batches: {}".format(batches)
+    # the metrics count each event of a batch, and the batch as one call
+    [metrics] = [dependency for dependency in container.dependencies if isinstance(dependency, Metrics)]
+    labels = {"service": "inventory", "entrypoint": "reserve_stock", "kind": "event", "outcome": "success"}
+    eventually(lambda: metrics.registry.get_sample_value("nameko_entrypoint_messages_total", labels) == BURST,
+               timeout=5, message="every message counted")
+    assert metrics.registry.get_sample_value("nameko_entrypoint_calls_total", labels) < BURST
     assert batches.failed == [], "batches over shared products must not deadlock"
     assert sorted(applied) == sorted(data["order_id"] for data in orders), "each event applied once"
     assert reserved_stock(service_config) == expected_reserved(orders)
