@@ -262,22 +262,34 @@ def test_two_batches_over_the_same_products_in_crossed_order_do_not_deadlock(sto
     """Batch one takes B-1 then B-3, batch two B-3 then B-1: locked in sku order first, neither waits
     on the other for ever (on PostgreSQL; on SQLite a writing transaction holds the whole file)."""
     import eventlet
-    from nameko.testing.services import entrypoint_hook
+    from nameko.extensions import Entrypoint
+    from nameko.testing.utils import get_extension
 
     container = stopped_inventory()
+    entrypoint = get_extension(container, Entrypoint, method_name="reserve_stock")
 
     def batch(*orders):
         return [(new_event("orders", "order_created", {"order_id": order_id, "lines": [{"sku": sku, "quantity": 1}]}),
                  {"correlation_id": "corr-" + order_id}) for order_id, sku in orders]
 
     def run(orders):
-        with entrypoint_hook(container, "reserve_stock") as reserve:
-            reserve(batch=batch(*orders))
+        # each worker's own result (nameko's entrypoint_hook returns when any worker of the
+        # entrypoint is done: the first batch's end would end both waits)
+        done = eventlet.event.Event()
+
+        def finished(worker_ctx, result=None, exc_info=None):
+            done.send(exc_info)
+            return result, exc_info
+        container.spawn_worker(entrypoint, (), {"batch": batch(*orders)}, handle_result=finished)
+        exc_info = done.wait()
+        if exc_info is not None:
+            raise exc_info[1]
 
     first = eventlet.spawn(run, [("x-1", "B-1"), ("x-2", "B-3")])
     second = eventlet.spawn(run, [("y-1", "B-3"), ("y-2", "B-1")])
-    first.wait()  # raises what the worker raised: a deadlock would fail one of them
-    second.wait()
+    with eventlet.Timeout(30):
+        first.wait()  # raises what the worker raised: a deadlock would fail one of them
+        second.wait()
     assert decided(service_config) == {"x-1", "x-2", "y-1", "y-2"}
     assert reserved_stock(service_config) == {"B-1": 2, "B-2": 0, "B-3": 2}
 
