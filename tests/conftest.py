@@ -17,12 +17,13 @@ import pytest  # noqa: E402
 from scripts.throwaway import create_database, drop_database  # noqa: E402
 from services.common.db.migrate import SERVICES  # noqa: E402
 from services.common.settings import load_config  # noqa: E402
-from tests.support import free_port, tokens  # noqa: E402
+from tests.support import free_port, hangs, tokens  # noqa: E402
 from tests.support.telemetry_spans import install_provider  # noqa: E402
 
 pytest_plugins = ["tests.support.fixtures"]
 
 install_provider()  # before any container installs its own: in-process spans are all recorded
+hangs.install()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")

@@ -4,6 +4,8 @@ The configuration they build on (``service_config``, ``make_database``,
 ``backend``) stays in tests/conftest.py; a tier narrows it in its own
 conftest (e2e runs on SQLite unless a test asks for PostgreSQL).
 """
+from urllib.parse import urlparse
+
 import pytest
 
 from tests.support import free_port
@@ -11,6 +13,7 @@ from tests.support.broker import PrivateBroker
 from tests.support.faults import FaultRun
 from tests.support.proxy import proxied
 from tests.support.system import System
+from tests.support.vhosts import ManagementClient, VhostPipeline
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -24,6 +27,21 @@ def pytest_runtest_makereport(item, call):
 def failed(request):
     report = getattr(request.node, "rep_call", None)
     return report is not None and report.failed
+
+
+@pytest.fixture(scope="session")
+def rabbit_manager(request):
+    """nameko's fixture of the same name, with a timeout on every request (tests/support/vhosts.py)."""
+    return ManagementClient(request.config.getoption("RABBIT_API_URI"))
+
+
+@pytest.fixture(scope="session")
+def vhost_pipeline(request, rabbit_manager):
+    """nameko's fixture of the same name (``rabbit_config`` takes its vhost from it), but an error of
+    the management API is retried instead of hanging every later test (tests/support/vhosts.py)."""
+    username = urlparse(request.config.getoption("RABBIT_AMQP_URI")).username
+    with VhostPipeline(rabbit_manager, username).run() as vhosts:
+        yield vhosts
 
 
 @pytest.fixture
