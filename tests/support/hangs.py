@@ -12,14 +12,18 @@ import traceback
 import greenlet
 import pytest_timeout
 
-FRAMES = 8  # the innermost frames of each greenlet: where it waits
+FRAMES = 24  # the innermost frames of each greenlet: where it waits, and who asked it to
 
 
 def dump_greenlets(terminal):
     for obj in gc.get_objects():
-        if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
+        try:
+            frame = obj.gr_frame if isinstance(obj, greenlet.greenlet) else None
+        except ReferenceError:  # a weak proxy whose referent is gone
+            continue
+        if frame is not None:
             terminal.sep("~", title="greenlet {}".format(type(obj).__name__))
-            terminal.write("".join(traceback.format_stack(obj.gr_frame, limit=None)[-FRAMES:]))
+            terminal.write("".join(traceback.format_stack(frame)[-FRAMES:]))
 
 
 def install():
