@@ -1,5 +1,6 @@
 """The outbox publishes whole batches with one wait for the broker's confirms,
 and says exactly which events were confirmed when something goes wrong."""
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import text
 
 from services.common.messaging.events import new_event, utcnow
-from services.common.messaging.outbox import RETENTION, BatchPublisher, Outbox, PublishFailed
+from services.common.messaging.outbox import CLOSE_TIMEOUT, RETENTION, BatchPublisher, Outbox, PublishFailed
 from services.orders.models import OrdersBase, OutboxMessage
 from tests.support import eventually, free_port
 
@@ -79,6 +80,41 @@ def test_an_unreachable_broker_fails_the_batch_with_nothing_confirmed():
     with pytest.raises(PublishFailed) as failed:
         publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
     assert failed.value.confirmed == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # broker_proxy's service_config: no database used
+def test_a_broker_gone_silent_fails_the_batch_in_time_and_its_connection_is_dropped(broker_proxy):
+    """A network partition: writes succeed and no answer comes. The batch fails after its confirm
+    timeout; AMQP's own close of the connection then waited for the broker's close-ok for ever."""
+    proxy, uri = broker_proxy
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    bound_queue(uri, exchange)
+    publisher = BatchPublisher(uri, exchange, confirm_timeout=2)
+    assert publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
+    proxy.freeze()
+    started = time.monotonic()
+    with eventlet.Timeout(20, AssertionError("the publisher waited for a silent broker")):
+        with pytest.raises(PublishFailed, match="Timeout") as failed:
+            publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
+    assert failed.value.confirmed == []
+    assert publisher._connection is None, "the silent connection is dropped"
+    assert time.monotonic() - started < 2 + CLOSE_TIMEOUT + 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_closing_a_connection_to_a_silent_broker_does_not_wait_for_its_answer(broker_proxy):
+    """What a service's kill does with its outbox's connection (a test's teardown hung on it)."""
+    proxy, uri = broker_proxy
+    exchange = Exchange("bench.events", type="topic", durable=True)
+    bound_queue(uri, exchange)
+    publisher = BatchPublisher(uri, exchange)
+    assert publisher.publish([("thing_happened", new_event("bench", "thing_happened", {}), {})])
+    proxy.freeze()
+    started = time.monotonic()
+    with eventlet.Timeout(20, AssertionError("close waited for a silent broker")):
+        publisher.close()
+    assert time.monotonic() - started < CLOSE_TIMEOUT + 2
+    assert publisher._connection is None
 
 
 def test_a_refused_batch_drops_its_channel_and_the_next_batch_goes_out_on_a_new_one(rabbit_config):

@@ -5,7 +5,9 @@ shared (other test runs use them at the same time), so a test must not stop
 them. Services under test connect through this proxy instead; ``cut()``
 closes every connection it carries and then resets each new one at once,
 which is what a client sees when the server goes down and refuses
-connections until it is back; ``restore()`` forwards again.
+connections until it is back; ``restore()`` forwards again. ``freeze()``
+stages a network partition instead: every connection stays open, and
+nothing said on it arrives.
 
 It runs as green threads inside the (eventlet-patched) test process.
 """
@@ -21,6 +23,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = listen_port or free_port()
         self._open = True
+        self._frozen = False
         self._pairs = set()
         self._lock = threading.Lock()
         self._listener = None
@@ -57,6 +60,15 @@ class TcpProxy:
                 # it (closing a socket another green thread waits on leaves
                 # a stale listener in eventlet's hub)
                 _shutdown(sock)
+
+    def freeze(self):
+        """Carry nothing more either way, keeping every connection open; refuse new ones.
+
+        A network partition as the two ends see it: their writes succeed,
+        no answer comes, and no error either.
+        """
+        self._open = False
+        self._frozen = True
 
     def restore(self):
         self._open = True
@@ -96,7 +108,8 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                sink.sendall(data)
+                if not self._frozen:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

@@ -60,7 +60,8 @@ BATCH_SIZE = 200
 RETENTION = timedelta(days=1)
 FORGET_INTERVAL = 60  # seconds between clean-ups of sent rows: a delete per relay tick buys nothing
 STOP_TIMEOUT = 10
-CONFIRM_TIMEOUT = 10
+CONFIRM_TIMEOUT = 10  # seconds a batch has to be published and confirmed, its channel opened if need be
+CLOSE_TIMEOUT = 2  # seconds the broker has to answer a connection close before the socket is just dropped
 MARK_INTERVAL = 0.1  # seconds confirmed events may wait to be marked sent, together
 
 
@@ -194,14 +195,16 @@ class BatchPublisher:
         self._returned_ids = set()
         self._routing_keys = {body["id"]: routing_key for routing_key, body, _ in messages}
         try:
-            self._ensure_channel()
-            with coalesced_writes(self._connection.connection):
-                for routing_key, body, headers in messages:
-                    self._unconfirmed[self._next_tag] = body["id"]
-                    self._next_tag += 1
-                    self._producer.publish(body, routing_key=routing_key, headers=headers, mandatory=True,
-                                           message_id=body["id"], delivery_mode=PERSISTENT, retry=False)
+            # opening the channel waits for the broker too: a broker that went
+            # silent (a network partition) must not hold the outbox for ever
             with eventlet.Timeout(self.confirm_timeout):
+                self._ensure_channel()
+                with coalesced_writes(self._connection.connection):
+                    for routing_key, body, headers in messages:
+                        self._unconfirmed[self._next_tag] = body["id"]
+                        self._next_tag += 1
+                        self._producer.publish(body, routing_key=routing_key, headers=headers, mandatory=True,
+                                               message_id=body["id"], delivery_mode=PERSISTENT, retry=False)
                 while self._unconfirmed:
                     self._connection.drain_events()
         except (Exception, eventlet.Timeout) as exc:
@@ -227,14 +230,30 @@ class BatchPublisher:
         return list(self._returned)
 
     def close(self):
-        if self._connection is not None:
-            try:
-                self._connection.release()
-            except Exception:  # already broken
-                pass
-        self._connection = None
+        """Drop the connection: closed politely if the broker answers within ``CLOSE_TIMEOUT``.
+
+        AMQP's close waits for the broker's close-ok with no timeout. A
+        broker that went silent, or one closing the connection itself (its
+        vhost deleted), left the caller waiting for ever: the relay after a
+        failed batch, or a service being killed.
+        """
+        connection, self._connection = self._connection, None
         self._producer = None
         self._unconfirmed = {}
+        if connection is None:
+            return
+        closed = False
+        try:
+            with eventlet.Timeout(CLOSE_TIMEOUT):
+                connection.release()
+                closed = True
+        except (Exception, eventlet.Timeout):  # already broken, or no answer
+            pass
+        if not closed:
+            try:
+                connection.collect()  # kombu: close the socket without the AMQP handshake
+            except Exception:
+                pass
 
 
 class OutboxWriter:
