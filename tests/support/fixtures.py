@@ -44,6 +44,61 @@ def vhost_pipeline(request, rabbit_manager):
         yield vhosts
 
 
+def _after_the_test_s_broker_and_databases(request):
+    """Set up the test's vhost and databases first (if it has them), so they are torn down after.
+
+    pytest tears fixtures down in the reverse order it set them up; a test
+    asking for ``container_factory`` before ``service_config`` had its vhost
+    deleted and its databases dropped under services still running, and
+    their kill raced the broker closing their connections.
+    """
+    for name in ("rabbit_config", "make_database"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
+
+
+@pytest.fixture
+def container_factory(request):
+    """nameko's fixture of the same name, torn down before the test's vhost and databases."""
+    from nameko.containers import get_container_cls
+
+    _after_the_test_s_broker_and_databases(request)
+    containers = []
+
+    def make(service_cls, config):
+        container = get_container_cls(config)(service_cls, config)
+        containers.append(container)
+        return container
+    yield make
+    for container in containers:
+        try:
+            container.kill()
+        except Exception:  # as nameko's fixture: a kill that fails has no test left to fail
+            pass
+
+
+@pytest.fixture
+def runner_factory(request):
+    """nameko's fixture of the same name, torn down before the test's vhost and databases."""
+    from nameko.runners import ServiceRunner
+
+    _after_the_test_s_broker_and_databases(request)
+    runners = []
+
+    def make(config, *service_classes):
+        runner = ServiceRunner(config)
+        for service_cls in service_classes:
+            runner.add_service(service_cls)
+        runners.append(runner)
+        return runner
+    yield make
+    for runner in runners:
+        try:
+            runner.kill()
+        except Exception:
+            pass
+
+
 @pytest.fixture
 def system(service_config, tmp_path, request):
     """The three services as real processes on the test's vhost and databases, not yet started."""
