@@ -39,15 +39,15 @@ class ManagementClient(Client):
         return super()._request(method, *args, **kwargs)
 
 
-def retried(what, call, attempts=None):
-    """``call()``, again after ``RETRY_DELAY`` while it raises: for ever, or ``attempts`` times."""
+def retried(what, call, attempts=None, give_up=lambda: False):
+    """``call()``, again after ``RETRY_DELAY`` while it raises: ``attempts`` times, or until ``give_up()``."""
     attempt = 0
     while True:
         attempt += 1
         try:
             return call()
         except Exception as exc:
-            if attempts is not None and attempt >= attempts:
+            if (attempts is not None and attempt >= attempts) or give_up():
                 raise
             log.warning("%s failed (attempt %d): %s: %s", what, attempt, type(exc).__name__, exc)
             eventlet.sleep(RETRY_DELAY)
@@ -72,7 +72,7 @@ class VhostPipeline(ResourcePipeline):
             except Exception as exc:
                 self.last_error = exc
                 raise
-        retried("creating vhost " + vhost, make)
+        retried("creating vhost " + vhost, make, give_up=lambda: not self.running)  # the session ends
         return vhost
 
     def _delete(self, vhost):
