@@ -20,6 +20,10 @@ framework object is used anywhere in ``services/``.
   kombu could not decode belongs to, so it is dead-lettered, not dropped.
   ``_consumers`` also tells ``consumers.SafeAckQueueConsumer.get_consumers``
   which kombu consumer is whose, to give a batching handler its own prefetch.
+- nameko ``QueueConsumer._gt`` (``consumers.SafeAckQueueConsumer.kill``):
+  the consumer's thread, ended when a kill's cancel and close get no answer
+  from the broker within ``KILL_TIMEOUT``; nameko's kill waits for it with
+  no timeout.
 - nameko ``RpcConsumer._registered`` (``rpc.SafeAckRpcConsumer.setup``):
   nameko's own setup, repeated with the project's queue arguments.
 - nameko ``ReplyListener._reply_events`` (``rpc.ReplyListener.forget``): a
@@ -47,6 +51,7 @@ PRIVATE_PARTS = (
     ("nameko.web.server", "WebServer", "_serv"),
     ("nameko.web.server", "WebServer", "_is_accepting"),
     ("nameko.messaging", "QueueConsumer", "_consumers"),
+    ("nameko.messaging", "QueueConsumer", "_gt"),
     ("kombu.messaging", "Consumer", "_active_tags"),
     ("nameko.rpc", "RpcConsumer", "_registered"),
     ("nameko.rpc", "ReplyListener", "_reply_events"),

@@ -161,3 +161,29 @@ def test_outside_nameko_run_the_signal_handlers_are_left_alone(container_factory
         assert signal.getsignal(signal.SIGTERM) is before
         container.stop()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # broker_proxy's service_config
+def test_sigterm_during_a_network_partition_ends_in_a_kill_that_does_not_wait_for_the_broker(
+        service_config, broker_proxy, tmp_path):
+    """Stopping waits for the broker to cancel the consumers, which a partition never does, so the
+    SHUTDOWN_TIMEOUT kill ends it. That kill waited for the broker too (on the code before, a
+    process was still running 30 s after the signal); now it drops what the broker leaves
+    unanswered, well before the last-resort exit (``did not die``)."""
+    from tests.support.system import System
+
+    proxy, uri = broker_proxy
+    system = System(dict(service_config, AMQP_URI=uri, SHUTDOWN_TIMEOUT=1), str(tmp_path))
+    system.start()
+    try:
+        proxy.freeze()
+        processes = dict(system.processes)
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for (service, _), process in processes.items():
+            exit_within(process, 30)
+    finally:
+        system.stop_all()
+    logs = system.logs(tail=400)
+    assert "did not die" not in logs, logs
+    assert logs.count("dropping the connection") >= 3, logs  # a consumer of each service gave up on it

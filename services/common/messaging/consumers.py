@@ -59,6 +59,7 @@ ATTEMPT_HEADER = "x-delivery-attempt"
 # what a lost broker connection raises: amqp's ConnectionError, or a socket error
 CONNECTION_ERRORS = (amqp.exceptions.ConnectionError, OSError)
 STOP_POLL = 0.2  # seconds a consumer waits for a message before checking whether it should stop
+KILL_TIMEOUT = 2  # seconds a killed consumer has to cancel and close politely before its socket is dropped
 INBOX_PURGE_INTERVAL = 3600  # seconds
 INBOX_PURGE_BATCH = 1000
 
@@ -206,6 +207,10 @@ class _OwnPrefetchConsumer(Consumer):
         return super().consume(no_ack)
 
 
+class ConsumerAbandoned(Exception):
+    """Thrown into a killed consumer's thread still waiting for a silent broker."""
+
+
 class SafeAckQueueConsumer(QueueConsumer):
     """nameko's queue consumer, but an ack that meets a dead connection does not kill the service,
     and a stop does not wait seconds for the next message.
@@ -227,12 +232,43 @@ class SafeAckQueueConsumer(QueueConsumer):
     socket write: under load, messages arrive in bursts of up to the prefetch
     count, and acked one by one each ack costs this process a system call
     and the broker a wake-up.
+
+    A kill waits at most ``KILL_TIMEOUT`` for the consumers to be cancelled
+    and the connection closed: AMQP waits for the broker's answer to both
+    with no timeout, so a broker gone silent (a partition) held the kill,
+    and so the process, for ever.
     """
 
     def __init__(self):
         super().__init__()
         self._acks = []  # messages handled, waiting for the next flush of acks
         self._ack_flush = None
+        self._live_connection = None  # the connection consuming now (kombu's ConsumerMixin clones its own)
+
+    def on_consume_ready(self, connection, channel, consumers, **kwargs):
+        self._live_connection = connection
+        super().on_consume_ready(connection, channel, consumers, **kwargs)
+
+    def kill(self):
+        abandon = eventlet.spawn_after(KILL_TIMEOUT, self._abandon)
+        try:
+            super().kill()
+        finally:
+            abandon.cancel()
+
+    def _abandon(self):
+        """Drop the connection's socket, then end the consumer's thread, which waits on it."""
+        log.warning("%s: the broker did not answer within %ss of the kill; dropping the connection",
+                    type(self).__name__, KILL_TIMEOUT)
+        connection, self._live_connection = self._live_connection, None
+        if connection is not None:
+            try:
+                connection.collect()  # kombu: close the socket without the AMQP handshake
+            except Exception:
+                pass
+        if self._gt is not None and not self._gt.dead:
+            # an Exception, which nameko's kill logs and goes on from (GreenletExit would escape it)
+            self._gt.kill(ConsumerAbandoned())
 
     def consume(self, limit=None, timeout=None, safety_interval=STOP_POLL, **kwargs):
         # kombu waits up to ``safety_interval`` for a message before looking
