@@ -50,7 +50,7 @@ from services.common.observability.correlation import CONTEXT_KEY as CORRELATION
 from services.common.errors import is_unavailable
 from services.common.messaging.events import MalformedMessage, utcnow
 from services.common.messaging.queues import queue_arguments
-from services.common.messaging.wire import coalesced_writes
+from services.common.messaging.wire import coalesced_writes, drop
 from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,7 @@ class SafeAckQueueConsumer(QueueConsumer):
                     type(self).__name__, KILL_TIMEOUT)
         connection, self._live_connection = self._live_connection, None
         if connection is not None:
-            try:
-                connection.collect()  # kombu: close the socket without the AMQP handshake
-            except Exception:
-                pass
+            drop(connection)
         if self._gt is not None and not self._gt.dead:
             # an Exception, which nameko's kill logs and goes on from (GreenletExit would escape it)
             self._gt.kill(ConsumerAbandoned())

@@ -51,7 +51,7 @@ from services.common.observability.correlation import CONTEXT_KEY
 from services.common.db.database import read_only, shared_engine
 from services.common.db.pgwire import DEFERRABLE
 from services.common.messaging.events import as_utc, new_event, utcnow
-from services.common.messaging.wire import coalesced_writes
+from services.common.messaging.wire import coalesced_writes, drop
 from services.common.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -242,18 +242,12 @@ class BatchPublisher:
         self._unconfirmed = {}
         if connection is None:
             return
-        closed = False
         try:
             with eventlet.Timeout(CLOSE_TIMEOUT):
                 connection.release()
-                closed = True
+            return
         except (Exception, eventlet.Timeout):  # already broken, or no answer
-            pass
-        if not closed:
-            try:
-                connection.collect()  # kombu: close the socket without the AMQP handshake
-            except Exception:
-                pass
+            drop(connection)
 
 
 class OutboxWriter:
