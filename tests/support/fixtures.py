@@ -57,24 +57,30 @@ def _after_the_test_s_broker_and_databases(request):
             request.getfixturevalue(name)
 
 
+def _killed_after_the_test(request, build):
+    """A factory of what ``build(*args)`` makes, each killed at teardown, before the test's vhost
+    and databases go (see ``_after_the_test_s_broker_and_databases``)."""
+    _after_the_test_s_broker_and_databases(request)
+    made = []
+
+    def make(*args):
+        made.append(build(*args))
+        return made[-1]
+    yield make
+    for each in made:
+        try:
+            each.kill()
+        except Exception:  # as nameko's fixtures: a kill that fails has no test left to fail
+            pass
+
+
 @pytest.fixture
 def container_factory(request):
     """nameko's fixture of the same name, torn down before the test's vhost and databases."""
     from nameko.containers import get_container_cls
 
-    _after_the_test_s_broker_and_databases(request)
-    containers = []
-
-    def make(service_cls, config):
-        container = get_container_cls(config)(service_cls, config)
-        containers.append(container)
-        return container
-    yield make
-    for container in containers:
-        try:
-            container.kill()
-        except Exception:  # as nameko's fixture: a kill that fails has no test left to fail
-            pass
+    yield from _killed_after_the_test(
+        request, lambda service_cls, config: get_container_cls(config)(service_cls, config))
 
 
 @pytest.fixture
@@ -82,21 +88,12 @@ def runner_factory(request):
     """nameko's fixture of the same name, torn down before the test's vhost and databases."""
     from nameko.runners import ServiceRunner
 
-    _after_the_test_s_broker_and_databases(request)
-    runners = []
-
-    def make(config, *service_classes):
+    def build(config, *service_classes):
         runner = ServiceRunner(config)
         for service_cls in service_classes:
             runner.add_service(service_cls)
-        runners.append(runner)
         return runner
-    yield make
-    for runner in runners:
-        try:
-            runner.kill()
-        except Exception:
-            pass
+    yield from _killed_after_the_test(request, build)
 
 
 @pytest.fixture
