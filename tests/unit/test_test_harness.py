@@ -54,3 +54,40 @@ def test_a_test_that_gets_no_vhost_fails_with_the_error_instead_of_waiting_for_e
         pipeline.running = False
         manager.failures = 0  # let the creating thread finish
         pipeline._shutdown()
+
+
+def test_the_timeout_dump_shows_what_each_greenlet_waits_on_and_skips_dead_weak_proxies():
+    import weakref
+
+    import eventlet
+
+    from tests.support.hangs import dump_greenlets
+
+    class Terminal:
+        def __init__(self):
+            self.text = []
+
+        def sep(self, char, title):
+            self.text.append(title)
+
+        def write(self, text):
+            self.text.append(text)
+
+    class Gone:
+        pass
+
+    def waiting_for_the_broker(event):
+        event.wait()
+
+    event = eventlet.event.Event()
+    waiter = eventlet.spawn(waiting_for_the_broker, event)
+    eventlet.sleep(0)
+    dead = weakref.proxy(Gone())  # its referent is gone; gc still lists the proxy
+    terminal = Terminal()
+    try:
+        dump_greenlets(terminal)
+    finally:
+        event.send()
+        waiter.wait()
+    assert dead is not None
+    assert "waiting_for_the_broker" in "".join(terminal.text)
